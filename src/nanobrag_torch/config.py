@@ -1,0 +1,226 @@
+"""Simulation settings: what the user asked for, in command-line units.
+
+A `SimConfig` holds the values of nanoBragg's flags (mm, degrees, Angstrom,
+microns, mrad, percent, as on the command line) with ``None`` meaning "not
+given": the C's defaulting rules (conventions, pivots, auto step counts,
+oversampling) are applied later by the simulator, so a value changed after
+parsing takes part in them as if it had been given on the command line.
+
+Continuous values listed in the README (``crystal.cell``, ``crystal.misset_deg``,
+``detector.distance_mm`` ...) may be replaced by torch tensors, also with
+``requires_grad=True``; everything else is plain Python (counts, flags, names).
+
+Files are read at parse time (so bad files fail before anything is written);
+their contents live here: `HKLData`, the -mat matrix, `SourceList`, the mask.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+# A float or a tensor (any shape noted in the field comment).
+Value = Any
+
+
+@dataclass
+class HKLData:
+    """Structure factors on a dense grid, as the C stores them.
+
+    ``F`` has shape (h_max-h_min+2, k_max-k_min+2, l_max-l_min+2): the C
+    allocates one zero padding slab past the maximum index on every axis.
+    ``F`` may be a numpy array or a torch tensor (replace it to refine F).
+    ``hkls`` counts the entries read (0 disables lookups: default_F only).
+    """
+    F: Any
+    h_min: int
+    h_max: int
+    k_min: int
+    k_max: int
+    l_min: int
+    l_max: int
+    hkls: int
+    source: str = ""           # file it came from (HKL text or Fdump.bin)
+
+
+@dataclass
+class SourceList:
+    """Sources read from a -sourcefile (before normalisation).
+
+    position_m: (n, 3) source positions (m); the incident direction is
+    -unit(position). weight: (n,) relative weights. wavelength_m: (n,).
+    """
+    position_m: np.ndarray
+    weight: np.ndarray
+    wavelength_m: np.ndarray
+
+
+@dataclass
+class CrystalConfig:
+    cell: Value = None                 # (6,) a b c (A), alpha beta gamma (deg); None: use -mat
+    mat: Optional[np.ndarray] = None   # (3, 3) MOSFLM A matrix as read: rows x,y,z; columns a*,b*,c*
+    mat_file: Optional[str] = None
+    misset_deg: Value = None           # (3,) rotations about x, y, z; None: no misset
+    misset_random: bool = False        # -misset random (angles drawn from misset_seed)
+    misset_seed: Optional[int] = None  # None: time-based, as the C
+    n_cells: Value = (1.0, 1.0, 1.0)   # (3,) Na Nb Nc as parsed (-N 0 stays 0 here; clamped later)
+    sample_size_mm: list = field(default_factory=lambda: [0.0, 0.0, 0.0])  # x y z; 0 = unset
+    shape: str = "square"              # square | round | gauss | tophat
+    fudge: float = 1.0
+    mosaic_spread_deg: Value = None    # None: unset
+    mosaic_domains: Optional[int] = None
+    mosaic_seed: int = 12345678        # positive; the C stores and uses -seed
+    phi_deg: Value = 0.0               # start angle phi0
+    osc_deg: Value = None
+    phistep_deg: Value = None
+    phisteps: Optional[int] = None
+    spindle_axis: Optional[list] = None   # custom axis; None: from the convention
+    default_F: Value = 0.0
+    hkl: Optional[HKLData] = None      # from -hkl, or Fdump.bin when -hkl is absent
+    hkl_file: Optional[str] = None     # the -hkl file (Fdump.bin is written after reading it)
+    dump_file: str = "Fdump.bin"
+    interpolate: Optional[bool] = None  # None: auto (on iff any N <= 2)
+
+
+@dataclass
+class DetectorConfig:
+    convention: str = "MOSFLM"         # MOSFLM DENZO ADXV XDS DIALS CUSTOM
+    pivot: Optional[str] = None        # explicit -pivot (BEAM | SAMPLE), last one given
+    pivot_from_flags: str = "BEAM"     # the C's running pivot after all flags (argv order)
+    distance_mm: Value = None          # None: 100 mm
+    close_distance_mm: Value = None
+    pixel_size_mm: float = 0.1
+    detsize_mm: list = field(default_factory=lambda: [102.4, 102.4])   # fast, slow
+    detpixels: list = field(default_factory=lambda: [None, None])      # fast, slow (CLI or header)
+    beam_center_mm: Value = field(default_factory=lambda: [None, None])   # -Xbeam -Ybeam
+    close_center_mm: list = field(default_factory=lambda: [None, None])   # -Xclose -Yclose
+    org_px: list = field(default_factory=lambda: [None, None])            # -ORGX -ORGY
+    rotation_deg: Value = field(default_factory=lambda: [0.0, 0.0, 0.0])  # -detector_rotx/y/z
+    twotheta_deg: Value = 0.0
+    fdet_vector: Optional[list] = None
+    sdet_vector: Optional[list] = None
+    odet_vector: Optional[list] = None
+    twotheta_axis: Optional[list] = None
+    pix0_vector_m: Optional[list] = None   # spec mode: first pixel's outer corner (m)
+    curved: bool = False
+    point_pixel: bool = False
+    thickness_um: float = 0.0          # -detector_thick
+    thicksteps: Optional[int] = None
+    mu_per_m: Optional[float] = None   # from -detector_abs (1/(depth um * 1e-6)); 0 for inf/0
+    roi: Optional[tuple] = None        # (xmin, xmax, ymin, ymax), inclusive pixel indices
+    mask: Optional[np.ndarray] = None  # (spixels, fpixels) uint16; zero pixels are skipped
+
+    @property
+    def fpixels(self) -> int:
+        return _pixel_count(self.detpixels[0], self.detsize_mm[0], self.pixel_size_mm)
+
+    @property
+    def spixels(self) -> int:
+        return _pixel_count(self.detpixels[1], self.detsize_mm[1], self.pixel_size_mm)
+
+    @property
+    def detsize_f_mm(self) -> float:
+        return _detsize(self.detpixels[0], self.detsize_mm[0], self.pixel_size_mm)
+
+    @property
+    def detsize_s_mm(self) -> float:
+        return _detsize(self.detpixels[1], self.detsize_mm[1], self.pixel_size_mm)
+
+
+def _detsize(count, size_mm, px_mm):
+    # a pixel count (CLI or header) wins over -detsize (SPEC 1.5); the C works in metres
+    if count:
+        return px_mm / 1000.0 * count * 1000.0
+    return size_mm
+
+
+def _pixel_count(count, size_mm, px_mm):
+    px = px_mm / 1000.0
+    size = px * count if count else size_mm / 1000.0
+    return int(np.ceil(size / px - 0.5))
+
+
+@dataclass
+class BeamConfig:
+    wavelength_A: Value = 1.0
+    dispersion_pct: Value = 0.0
+    dispsteps: Optional[int] = None
+    hdivrange_mrad: Value = None
+    vdivrange_mrad: Value = None
+    hdivstep_mrad: Value = None
+    vdivstep_mrad: Value = None
+    hdivsteps: Optional[int] = None
+    vdivsteps: Optional[int] = None
+    round_div: bool = True
+    beam_vector: Optional[list] = None   # custom propagation direction
+    polar_vector: Optional[list] = None  # custom E-vector axis
+    polarization: Value = 0.0            # Kahn factor K (-polar)
+    nopolar: bool = False
+    fluence: Value = 125932015286227086360700780544.0   # photons/m^2, after flux rules
+    flux: float = 0.0
+    exposure_s: float = 1.0
+    beamsize_mm: float = 0.1
+    sources: Optional[SourceList] = None   # from -sourcefile
+
+
+@dataclass
+class BackgroundConfig:
+    water_um: Value = 0.0
+    stol_file: Optional[str] = None
+    stol_table: Optional[np.ndarray] = None   # (n, 2) as read (stol or Q column scaled by stol_mult, F)
+    stol_mult: float = 1e10
+
+
+@dataclass
+class OutputConfig:
+    floatfile: str = "floatimage.bin"
+    intfile: str = "intimage.img"
+    pgmfile: str = "image.pgm"
+    noisefile: str = "noiseimage.img"
+    write_pgm: bool = True
+    write_noise: bool = True
+    scale: float = 0.0                 # int image scale; <= 0: 55000/max
+    pgmscale: float = 0.0
+    adc: float = 40.0
+    seed: Optional[int] = None         # noise seed (positive as given); None: time-based
+    printout: bool = False
+    printout_pixel: Optional[tuple] = None   # (f, s)
+    progress: bool = True
+    trace_pixel: Optional[tuple] = None      # (s, f), port-only
+
+
+@dataclass
+class CQuirks:
+    """How nanoBragg.c itself read the same argv, where that differs (used by -mode c-parity).
+
+    twotheta_deg: the 2theta the C ends up with (-twotheta_axis X Y Z also sets it to X);
+    None means same as detector.twotheta_deg.
+    pivot_from_flags: the C's running pivot, counting -twotheta_axis as a SAMPLE flag.
+    misset: the C's final misset decision ('random', a (3,) tuple in deg, or None) after
+    the -misset substring also matched -misset_seed N A B.
+    """
+    twotheta_deg: Optional[float] = None
+    pivot_from_flags: Optional[str] = None
+    misset: Any = "same"
+
+
+@dataclass
+class SimConfig:
+    crystal: CrystalConfig = field(default_factory=CrystalConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    beam: BeamConfig = field(default_factory=BeamConfig)
+    background: BackgroundConfig = field(default_factory=BackgroundConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    c_quirks: CQuirks = field(default_factory=CQuirks)
+    oversample: Optional[int] = None     # None or <= 0: auto
+    oversample_thick: bool = False
+    oversample_polar: bool = False
+    oversample_omega: bool = False
+    dmin_A: Value = 0.0
+    mode: str = "spec"                   # -mode spec | c-parity
+    dtype: str = "float64"               # -dtype
+    device: str = "cpu"                  # -device cpu | cuda | auto
+    pixel_batch_size: Optional[int] = None
+    argv: list = field(default_factory=list)
+    notes: list = field(default_factory=list)   # warnings found while parsing, printed by the CLI

@@ -1,0 +1,971 @@
+"""Command line: nanoBragg's flags -> `SimConfig`, and the console entry point.
+
+nanoBragg.c matches every argv element that starts with '-' against all its
+option patterns with ``strstr`` (a few with an exact-length guard) and takes
+values positionally; unknown flags are silently ignored.  This port keeps the
+positional values and the argv-order "last one wins" rules, but matches exact
+flag names (plus the aliases of SPEC section 7) and stops on anything it does
+not understand, with a one-line message naming the flag or file.
+
+Where the C's substring matching changes the *meaning* of an argv (``-twotheta``
+also matching ``-twotheta_axis``, ``-misset`` also matching ``-misset_seed``),
+the C's reading is recorded in ``cfg.c_quirks`` for ``-mode c-parity``.
+
+Values stay in command-line units (mm, deg, Angstrom, um, mrad, percent); the
+simulator converts.  Input files are read here (so bad files fail before any
+output is written); nothing is written.
+
+The flag table (`FLAGS`) has one row per flag: its names (canonical first),
+the value converters (one per value), what it sets, and its usage line.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+import sys
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence, Tuple
+
+from .config import SimConfig, SourceList
+from .errors import ConfigError, UsageError
+
+PROG = "nanobrag-torch"
+HC_EV_A = 12398.42            # lambda[A] = 12398.42 / E[eV], as the C
+
+
+class FlagError(ConfigError):
+    """A bad flag, value or flag combination (the CLI exits with status 2)."""
+
+
+class FileError(ConfigError):
+    """An unreadable or malformed input file (the CLI exits with status 1)."""
+
+
+# --------------------------------------------------------------------------
+# value converters: (flag, text) -> value, raising FlagError with the flag name
+
+_NUM_RE = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\Z")
+_INT_RE = re.compile(r"[+-]?\d+\Z")
+_INF_WORDS = ("inf", "+inf", "infinity", "+infinity")
+
+
+def _is_number(text: str) -> bool:
+    return bool(_NUM_RE.match(text))
+
+
+class _Num:
+    """A finite decimal number, optionally bounded (gt: >, ge: >=)."""
+
+    def __init__(self, gt=None, ge=None, le=None, integer=False):
+        self.gt, self.ge, self.le, self.integer = gt, ge, le, integer
+
+    def describe(self) -> str:
+        what = "an integer" if self.integer else "a number"
+        bounds = []
+        if self.gt is not None:
+            bounds.append(f"> {self.gt:g}")
+        if self.ge is not None:
+            bounds.append(f">= {self.ge:g}")
+        if self.le is not None:
+            bounds.append(f"<= {self.le:g}")
+        return what + (" " + " and ".join(bounds) if bounds else "")
+
+    def __call__(self, flag: str, text: str):
+        if self.integer:
+            # the C uses atoi(); we insist on integer text ("5.5" is an error, not 5)
+            if not _INT_RE.match(text):
+                raise FlagError(f"{flag}: expected an integer, got {text!r}")
+            value = int(text)
+        else:
+            if not _NUM_RE.match(text):
+                if text.strip().lower() in _INF_WORDS + ("-inf", "-infinity", "nan"):
+                    raise FlagError(f"{flag}: expected a finite number, got {text!r}")
+                raise FlagError(f"{flag}: expected a number, got {text!r}")
+            value = float(text)
+            if not math.isfinite(value):
+                raise FlagError(f"{flag}: number out of range: {text!r}")
+        if ((self.gt is not None and not value > self.gt)
+                or (self.ge is not None and not value >= self.ge)
+                or (self.le is not None and not value <= self.le)):
+            raise FlagError(f"{flag}: expected {self.describe()}, got {text!r}")
+        return value
+
+
+NUM = _Num()
+POS = _Num(gt=0)
+NONNEG = _Num(ge=0)
+INT = _Num(integer=True)
+NONNEG_INT = _Num(ge=0, integer=True)
+POS_INT = _Num(gt=0, integer=True)
+KAHN = _Num(ge=-1, le=1)
+
+
+def FILE(flag: str, text: str) -> str:
+    if not text:
+        raise FlagError(f"{flag}: expected a file name, got ''")
+    return text
+
+
+def _choice(*allowed: str, pattern: Optional[str] = None):
+    def conv(flag: str, text: str) -> str:
+        low = text.lower()
+        if low in allowed or (pattern and re.fullmatch(pattern, low)):
+            return low
+        raise FlagError(f"{flag}: expected one of {'|'.join(allowed)}, got {text!r}")
+    return conv
+
+
+def ABSORB(flag: str, text: str) -> float:
+    """-detector_abs: an attenuation depth in um, or 'inf' (0 means inf too)."""
+    if text.lower() in _INF_WORDS:
+        return math.inf
+    value = _Num()(flag, text)
+    if value < 0:
+        raise FlagError(f"{flag}: expected a depth >= 0 (um) or 'inf', got {text!r}")
+    return value
+
+
+# --------------------------------------------------------------------------
+# the flag table
+
+@dataclass(frozen=True)
+class Flag:
+    names: Tuple[str, ...]            # canonical name first, then aliases
+    metavar: str                      # value names for the usage listing
+    convs: tuple                      # one converter per value
+    apply: Callable                   # apply(state, values)
+    help: str
+    group: str = ""
+    reader: Optional[Callable] = None  # custom value reader (-cell, -misset)
+    hidden: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.names[0]
+
+
+_T = re.compile(r"(\w+)\.(\w+)(?:\[(\d)\])?\Z")
+
+
+def _put(cfg, target: str, value):
+    """Assign 'section.field' or 'section.field[i]' in cfg ('.field' for SimConfig)."""
+    m = _T.match(target)
+    obj = cfg if m.group(1) == "sim" else getattr(cfg, m.group(1))
+    if m.group(3) is None:
+        setattr(obj, m.group(2), value)
+    else:
+        getattr(obj, m.group(2))[int(m.group(3))] = value
+
+
+def _one(vals):
+    return vals[0] if len(vals) == 1 else [float(v) for v in vals]
+
+
+def _set(*targets, cast=None, pivot=None):
+    """Store the value (a list for multi-value flags) in every target."""
+    def act(st, vals):
+        value = _one(vals)
+        if cast is not None:
+            value = cast(value)
+        for t in targets:
+            _put(st.cfg, t, value)
+        if pivot:
+            st.set_pivot(pivot)
+    return act
+
+
+def _const(target, value):
+    def act(st, vals):
+        _put(st.cfg, target, value)
+    return act
+
+
+def _all(*acts):
+    def act(st, vals):
+        for a in acts:
+            a(st, vals)
+    return act
+
+
+def _none_if_le0(n):
+    # the C's "n <= 0" branch is its "unset" branch (defaults are -1)
+    return None if n <= 0 else n
+
+
+def _nothing(st, vals):
+    pass
+
+
+def _pivot(name):
+    def act(st, vals):
+        st.set_pivot(name)
+    return act
+
+
+def _convention(name, pivot):
+    """-mosflm & co; the C also sets its running pivot (-dials sets BEAM here!)."""
+    def act(st, vals):
+        st.cfg.detector.convention = name
+        st.set_pivot(pivot)
+    return act
+
+
+def _custom_vector(target, scale=1.0):
+    """Any user vector switches the C to the CUSTOM convention (SPEC 1.8)."""
+    def act(st, vals):
+        _put(st.cfg, target, [float(v) * scale for v in vals])
+        st.cfg.detector.convention = "CUSTOM"
+    return act
+
+
+def _nonzero_vector(flag, vals):
+    if all(v == 0 for v in vals):
+        raise FlagError(f"{flag}: the vector must not be (0, 0, 0)")
+
+
+def _vector(target, zero_ok=False, scale=1.0):
+    base = _custom_vector(target, scale)
+
+    def act(st, vals):
+        if not zero_ok:
+            _nonzero_vector(st.flag, vals)
+        base(st, vals)
+    return act
+
+
+def _twotheta(st, vals):
+    st.cfg.detector.twotheta_deg = vals[0]
+    st.c_twotheta = vals[0]
+    st.set_pivot("SAMPLE")
+
+
+def _twotheta_axis(st, vals):
+    _nonzero_vector(st.flag, vals)
+    _custom_vector("detector.twotheta_axis")(st, vals)
+    # C quirk (SPEC 8.3 item 2): strstr(argv[i], "-twotheta") also fires for
+    # -twotheta_axis, so the C sets 2theta = X degrees and the SAMPLE pivot.
+    st.c_twotheta = vals[0]
+    st.c_pivot = "SAMPLE"
+
+
+def _explicit_pivot(st, vals):
+    st.cfg.detector.pivot = vals[0].upper()
+    st.set_pivot(vals[0].upper())
+
+
+def _cell(st, vals):
+    # a later -cell overwrites only the positions it gives, as the C's a[0], b[0] ...
+    for k, v in enumerate(vals):
+        st.cell[k] = v
+    st.cell_given = True
+
+
+def _misset(st, vals):
+    cr = st.cfg.crystal
+    if vals == ["random"]:
+        cr.misset_random, cr.misset_deg = True, None
+        st.c_misset = "random"
+    else:
+        cr.misset_random, cr.misset_deg = False, [float(v) for v in vals]
+        st.c_misset = tuple(float(v) for v in vals)
+
+
+def _misset_seed(st, vals):
+    st.cfg.crystal.misset_seed = vals[0]
+    # C quirk (SPEC 8.3 item 3): "-misset" also matches "-misset_seed N A B":
+    # with >= 3 tokens after it the C sets an explicit misset (N, atof(A), atof(B)).
+    rest = st.argv[st.index + 1:st.index + 4]
+    if len(rest) == 3:
+        if "rand" in rest[0]:
+            st.c_misset = "random"
+        else:
+            from .io.cnum import c_atof
+            st.c_misset = tuple(float(c_atof(t)) for t in rest)
+
+
+def _energy(st, vals):
+    st.cfg.beam.wavelength_A = HC_EV_A / vals[0]
+
+
+def _detector_abs(st, vals):
+    det = st.cfg.detector
+    if vals[0] == 0 or math.isinf(vals[0]):
+        # C: "inf" or 0 switch absorption off AND zero the thickness, at this point in argv
+        det.mu_per_m, det.thickness_um = 0.0, 0.0
+    else:
+        det.mu_per_m = 1.0 / (vals[0] * 1e-6)
+
+
+def _roi(st, vals):
+    xmin, xmax, ymin, ymax = vals
+    if xmin > xmax or ymin > ymax:
+        raise FlagError(f"{st.flag}: need xmin <= xmax and ymin <= ymax, "
+                        f"got {xmin} {xmax} {ymin} {ymax}")
+    st.cfg.detector.roi = (xmin, xmax, ymin, ymax)
+
+
+def _printout_pixel(st, vals):
+    st.cfg.output.printout_pixel = (vals[0], vals[1])
+    st.cfg.output.printout = True        # the "-printout" pattern matches it too
+
+
+def _trace_pixel(st, vals):
+    st.cfg.output.trace_pixel = (vals[0], vals[1])      # slow, fast
+
+
+def _stol(mult):
+    def act(st, vals):
+        st.stol = (st.flag, vals[0], mult)
+    return act
+
+
+def _remember(attr):
+    """File flags: remember the name (read after all flags; last one wins)."""
+    def act(st, vals):
+        setattr(st, attr, (st.flag, vals[0]))
+    return act
+
+
+def _oversample(st, vals):
+    st.cfg.oversample = None if vals[0] <= 0 else vals[0]
+
+
+def _beamsize(st, vals):
+    if vals[0] == 0:
+        raise FlagError(f"{st.flag}: the beam size must not be 0 (a negative value "
+                        f"means no beam-size limit)")
+    st.cfg.beam.beamsize_mm = vals[0]
+
+
+def _example_only(instead):
+    def act(st, vals):
+        raise FlagError(f"{st.flag} is not a nanoBragg flag (it appears only in "
+                        f"examples); use {instead}")
+    return act
+
+
+def _read_fixed(flag: Flag, name: str, argv: Sequence[str], i: int):
+    """Take len(flag.convs) values positionally (so '-3' is a value)."""
+    n = len(flag.convs)
+    vals = []
+    for k, conv in enumerate(flag.convs):
+        if i + k >= len(argv) or argv[i + k] in _BY_NAME:
+            raise FlagError(_needs(name, flag, argv, i + k))
+        vals.append(conv(name, argv[i + k]))
+    return vals, i + n
+
+
+def _needs(name, flag, argv, j, what=None):
+    n = len(flag.convs)
+    what = what or f"{n} value{'s' if n != 1 else ''}"
+    if flag.metavar:
+        what += f" ({flag.metavar})"
+    msg = f"flag {name} needs {what}"
+    if j < len(argv):
+        msg += f", got flag {argv[j]!r}"
+    return msg
+
+
+def _read_cell(flag, name, argv, i):
+    """-cell takes 1 to 6 numbers; like the C, a token starting with '-' ends the list."""
+    vals = []
+    while i < len(argv) and len(vals) < 6 and not argv[i].startswith("-"):
+        vals.append(NONNEG(name, argv[i]))
+        i += 1
+    if i < len(argv) and len(vals) < 6 and _is_number(argv[i]):
+        raise FlagError(f"{name}: cell lengths and angles must be positive, got {argv[i]!r}")
+    if not vals:
+        raise FlagError(_needs(name, flag, argv, i, "1 to 6 values"))
+    return vals, i
+
+
+def _read_misset(flag, name, argv, i):
+    if i < len(argv) and argv[i].lower() == "random":
+        return ["random"], i + 1
+    try:
+        return _read_fixed(flag, name, argv, i)
+    except FlagError as err:
+        if "needs" in str(err):
+            raise FlagError(_needs(name, flag, argv, i, "3 values") + " or 'random'") from None
+        raise
+
+
+def _g(group, rows):
+    return [Flag(names=tuple(r[0].split()), metavar=r[1], convs=r[2], apply=r[3],
+                 help=r[4], group=group, **(r[5] if len(r) > 5 else {})) for r in rows]
+
+
+C, D, B, S, O = "crystal.", "detector.", "beam.", "sim.", "output."
+
+FLAGS: List[Flag] = (
+    _g("Crystal and structure factors", [
+        ("-hkl", "FILE", (FILE,), _remember("hkl"),
+         "text file of h k l F (P1); without it Fdump.bin is read if present"),
+        ("-dump", "FILE", (FILE,), _set(C + "dump_file"),
+         "structure-factor cache file (default Fdump.bin)"),
+        ("-default_F", "F", (NUM,), _set(C + "default_F"),
+         "F for reflections not in the -hkl file (default 0)"),
+        ("-mat", "FILE", (FILE,), _remember("mat"),
+         "MOSFLM-style orientation matrix (reciprocal vectors x wavelength)"),
+        ("-cell", "A B C AL BE GA", (NONNEG,) * 6, _cell,
+         "unit cell (Angstrom, deg); b, c default to a, angles to 90",
+         dict(reader=_read_cell)),
+        ("-misset", "RX RY RZ|random", (NUM, NUM, NUM), _misset,
+         "crystal rotation about x, y, z (deg) applied to the cell, or 'random'",
+         dict(reader=_read_misset)),
+        ("-misset_seed", "N", (INT,), _misset_seed,
+         "random-number seed for -misset random (default: time)"),
+        ("-N", "N", (NONNEG_INT,), _set(C + "n_cells[0]", C + "n_cells[1]", C + "n_cells[2]",
+                                        cast=float),
+         "number of unit cells along a, b and c"),
+        ("-Na", "N", (NONNEG_INT,), _set(C + "n_cells[0]", cast=float), "unit cells along a"),
+        ("-Nb", "N", (NONNEG_INT,), _set(C + "n_cells[1]", cast=float), "unit cells along b"),
+        ("-Nc", "N", (NONNEG_INT,), _set(C + "n_cells[2]", cast=float), "unit cells along c"),
+        ("-samplesize -sample_size -xtalsize -xtal_size", "MM", (NONNEG,),
+         _set(C + "sample_size_mm[0]", C + "sample_size_mm[1]", C + "sample_size_mm[2]"),
+         "crystal size in x, y and z (mm); sets N from the cell"),
+        ("-sample_thick -sample_x -xtal_thick -xtal_x", "MM", (NONNEG,),
+         _set(C + "sample_size_mm[0]"), "crystal size along x (mm)"),
+        ("-sample_width -sample_y -xtal_width -xtal_y -width", "MM", (NONNEG,),
+         _set(C + "sample_size_mm[1]"), "crystal size along y (mm)"),
+        ("-sample_height -sample_z -xtal_height -xtal_z -height", "MM", (NONNEG,),
+         _set(C + "sample_size_mm[2]"), "crystal size along z (mm)"),
+        ("-square_xtal", "", (), _const(C + "shape", "square"),
+         "parallelepiped crystal: sinc lattice transform (default)"),
+        ("-round_xtal", "", (), _const(C + "shape", "round"), "ellipsoidal crystal"),
+        ("-gauss_xtal", "", (), _const(C + "shape", "gauss"),
+         "Gaussian spots: no inter-Bragg maxima"),
+        ("-tophat_spots -binary_spots", "", (), _const(C + "shape", "tophat"),
+         "spots clipped at their FWHM: no inter-Bragg maxima"),
+        ("-fudge", "X", (POS,), _set(C + "fudge"), "scale of the spot-shape argument (default 1)"),
+        ("-mosaic -mosaici -mosaic_spr -mosaic_spread", "DEG", (NONNEG,),
+         _set(C + "mosaic_spread_deg"), "isotropic mosaic spread (deg)"),
+        ("-mosaic_domains -mosaic_dom", "N", (NONNEG_INT,),
+         _set(C + "mosaic_domains", cast=_none_if_le0),
+         "number of mosaic domains (default 10 with a spread; 0 = auto)"),
+        ("-mosaic_seed", "N", (INT,), _set(C + "mosaic_seed"),
+         "random-number seed for the mosaic domains (default 12345678)"),
+        ("-phi", "DEG", (NUM,), _set(C + "phi_deg"), "starting spindle angle (deg)"),
+        ("-osc", "DEG", (NONNEG,), _set(C + "osc_deg"), "oscillation range (deg)"),
+        ("-phistep", "DEG", (NONNEG,), _set(C + "phistep_deg"), "spindle step (deg)"),
+        ("-phisteps", "N", (NONNEG_INT,), _set(C + "phisteps"),
+         "number of spindle steps (0 counts as 1)"),
+        ("-spindle_axis", "X Y Z", (NUM,) * 3, _vector(C + "spindle_axis"),
+         "right-handed phi rotation axis (selects the CUSTOM convention)"),
+        ("-interpolate", "", (), _const(C + "interpolate", True),
+         "tricubic interpolation of F between Bragg peaks (default: if any N <= 2)"),
+        ("-nointerpolate", "", (), _const(C + "interpolate", False),
+         "no interpolation of structure factors"),
+    ])
+    + _g("Detector", [
+        ("-pixel", "MM", (POS,), _set(D + "pixel_size_mm"), "pixel size (mm, default 0.1)"),
+        ("-detpixels", "N", (POS_INT,), _set(D + "detpixels[0]", D + "detpixels[1]"),
+         "detector size in pixels, both axes (default 1024)"),
+        ("-detpixels_f -detpixels_x", "N", (POS_INT,), _set(D + "detpixels[0]"),
+         "pixels along the fast axis"),
+        ("-detpixels_s -detpixels_y", "N", (POS_INT,), _set(D + "detpixels[1]"),
+         "pixels along the slow axis"),
+        ("-detsize", "MM", (POS,), _set(D + "detsize_mm[0]", D + "detsize_mm[1]"),
+         "detector size, both axes (mm, default 102.4); pixel counts win"),
+        ("-detsize_f", "MM", (POS,), _set(D + "detsize_mm[0]"), "detector size along fast (mm)"),
+        ("-detsize_s", "MM", (POS,), _set(D + "detsize_mm[1]"), "detector size along slow (mm)"),
+        ("-distance", "MM", (POS,), _set(D + "distance_mm", pivot="BEAM"),
+         "crystal to direct-beam spot distance (mm, default 100)"),
+        ("-close_distance", "MM", (POS,), _set(D + "close_distance_mm", pivot="SAMPLE"),
+         "crystal to detector plane distance (mm); overrides -distance"),
+        ("-Xbeam", "MM", (NUM,), _set(D + "beam_center_mm[0]", pivot="BEAM"),
+         "direct-beam position, header X (mm; MOSFLM: slow axis)"),
+        ("-Ybeam", "MM", (NUM,), _set(D + "beam_center_mm[1]", pivot="BEAM"),
+         "direct-beam position, header Y (mm; MOSFLM: fast axis)"),
+        ("-Xclose", "MM", (NUM,), _set(D + "close_center_mm[0]", pivot="SAMPLE"),
+         "point of the detector nearest the crystal, X (mm)"),
+        ("-Yclose", "MM", (NUM,), _set(D + "close_center_mm[1]", pivot="SAMPLE"),
+         "point of the detector nearest the crystal, Y (mm)"),
+        ("-ORGX", "PX", (NUM,), _set(D + "org_px[0]", pivot="SAMPLE"), "XDS-style origin, fast (pixels)"),
+        ("-ORGY", "PX", (NUM,), _set(D + "org_px[1]", pivot="SAMPLE"), "XDS-style origin, slow (pixels)"),
+        ("-pivot", "beam|sample", (_choice("beam", "sample"),), _explicit_pivot,
+         "rotate the detector about the direct-beam spot or the sample"),
+        ("-mosflm", "", (), _convention("MOSFLM", "BEAM"), "MOSFLM axes and beam centre (default)"),
+        ("-denzo", "", (), _convention("DENZO", "BEAM"), "DENZO axes and beam centre"),
+        ("-adxv", "", (), _convention("ADXV", "BEAM"), "ADXV axes and beam centre"),
+        ("-xds", "", (), _convention("XDS", "SAMPLE"), "XDS axes and origin"),
+        ("-dials", "", (), _convention("DIALS", "BEAM"), "DIALS axes and origin"),
+        ("-fdet_vector", "X Y Z", (NUM,) * 3, _vector(D + "fdet_vector"),
+         "fast detector axis (selects the CUSTOM convention)"),
+        ("-sdet_vector", "X Y Z", (NUM,) * 3, _vector(D + "sdet_vector"),
+         "slow detector axis (CUSTOM)"),
+        ("-odet_vector", "X Y Z", (NUM,) * 3, _vector(D + "odet_vector", zero_ok=True),
+         "detector normal (CUSTOM; not of length 1: made from fast x slow)"),
+        ("-twotheta_axis", "X Y Z", (NUM,) * 3, _twotheta_axis,
+         "detector two-theta swing axis (CUSTOM)"),
+        ("-pix0_vector", "X Y Z", (NUM,) * 3, _vector(D + "pix0_vector_m", zero_ok=True),
+         "position of the first pixel's outer corner (m; CUSTOM)"),
+        ("-pix0_vector_mm", "X Y Z", (NUM,) * 3,
+         _vector(D + "pix0_vector_m", zero_ok=True, scale=1e-3),
+         "as -pix0_vector, in mm"),
+        ("-detector_rotx", "DEG", (NUM,), _set(D + "rotation_deg[0]"), "detector rotation about x (deg)"),
+        ("-detector_roty", "DEG", (NUM,), _set(D + "rotation_deg[1]"), "detector rotation about y (deg)"),
+        ("-detector_rotz", "DEG", (NUM,), _set(D + "rotation_deg[2]"), "detector rotation about z (deg)"),
+        ("-twotheta", "DEG", (NUM,), _twotheta, "detector swing about the two-theta axis (deg)"),
+        ("-curved_det", "", (), _const(D + "curved", True), "spherical detector: every pixel at the same distance"),
+        ("-point_pixel", "", (), _const(D + "point_pixel", True), "solid angle 1/R^2 (no pixel obliquity)"),
+        ("-detector_thick", "UM", (NONNEG,), _set(D + "thickness_um"), "sensor thickness (um)"),
+        ("-detector_thicksteps -thicksteps", "N", (NONNEG_INT,),
+         _set(D + "thicksteps", cast=_none_if_le0), "number of sensor layers (0 = auto)"),
+        ("-detector_abs -detector_absorb", "UM|inf", (ABSORB,), _detector_abs,
+         "sensor attenuation depth (um); inf or 0: no absorption and zero thickness"),
+        ("-roi", "XMIN XMAX YMIN YMAX", (NONNEG_INT,) * 4, _roi,
+         "render only these pixels (fast min max, slow min max; inclusive)"),
+        ("-img", "FILE", (FILE,), _nothing, "take detector and beam values from an SMV header"),
+        ("-mask", "FILE", (FILE,), _nothing, "SMV image: pixels that are 0 are not rendered"),
+    ])
+    + _g("Beam", [
+        ("-lambda -wave", "A", (POS,), _set(B + "wavelength_A"), "wavelength (Angstrom, default 1)"),
+        ("-energy", "EV", (POS,), _energy, "photon energy (eV): lambda = 12398.42/E"),
+        ("-dispersion", "PCT", (NONNEG,), _set(B + "dispersion_pct"),
+         "spectral width delta-lambda/lambda (percent)"),
+        ("-dispsteps", "N", (NONNEG_INT,), _set(B + "dispsteps", cast=_none_if_le0),
+         "number of wavelengths (0 = auto)"),
+        ("-divergence", "MRAD", (NONNEG,), _set(B + "hdivrange_mrad", B + "vdivrange_mrad"),
+         "horizontal and vertical divergence range (mrad)"),
+        ("-hdivrange", "MRAD", (NONNEG,), _set(B + "hdivrange_mrad"), "horizontal divergence range (mrad)"),
+        ("-vdivrange", "MRAD", (NONNEG,), _set(B + "vdivrange_mrad"), "vertical divergence range (mrad)"),
+        ("-hdivstep", "MRAD", (NONNEG,), _set(B + "hdivstep_mrad"), "horizontal divergence step (mrad)"),
+        ("-vdivstep", "MRAD", (NONNEG,), _set(B + "vdivstep_mrad"), "vertical divergence step (mrad)"),
+        ("-hdivsteps", "N", (NONNEG_INT,), _set(B + "hdivsteps", cast=_none_if_le0),
+         "number of horizontal source points (0 = auto)"),
+        ("-vdivsteps", "N", (NONNEG_INT,), _set(B + "vdivsteps", cast=_none_if_le0),
+         "number of vertical source points (0 = auto)"),
+        ("-divsteps", "N", (NONNEG_INT,), _set(B + "hdivsteps", B + "vdivsteps", cast=_none_if_le0),
+         "source points in both directions"),
+        ("-round_div", "", (), _const(B + "round_div", True), "trim the divergence grid to an ellipse (default)"),
+        ("-square_div", "", (), _const(B + "round_div", False), "full divergence grid"),
+        ("-sourcefile", "FILE", (FILE,), _remember("sourcefile"),
+         "sources, one per line: X Y Z (m) weight lambda (m)"),
+        ("-beam_vector", "X Y Z", (NUM,) * 3, _vector(B + "beam_vector"),
+         "beam propagation direction (CUSTOM)"),
+        ("-polar_vector", "X Y Z", (NUM,) * 3, _vector(B + "polar_vector"),
+         "E-vector polarisation axis (CUSTOM)"),
+        ("-polar", "K", (KAHN,), _all(_set(B + "polarization"), _const(B + "nopolar", False)),
+         "Kahn polarisation factor (default 0: unpolarised)"),
+        ("-nopolar", "", (), _const(B + "nopolar", True), "no polarisation correction"),
+        ("-fluence", "PH/M2", (NONNEG,), _set(B + "fluence"), "incident photons per m^2 (default 1.26e29)"),
+        ("-flux", "PH/S", (NONNEG,), _set(B + "flux"), "photons per second (with -exposure and -beamsize)"),
+        ("-exposure", "S", (NONNEG,), _set(B + "exposure_s"), "exposure time (s, default 1)"),
+        ("-beamsize", "MM", (NUM,), _beamsize,
+         "beam size (mm, default 0.1); also clips the crystal; < 0: no limit"),
+    ])
+    + _g("Sampling and background", [
+        ("-oversample", "N", (INT,), _oversample, "sub-pixels per pixel edge (<= 0: auto)"),
+        ("-oversample_thick", "", (), _const(S + "oversample_thick", True),
+         "recompute sensor absorption for every sub-pixel"),
+        ("-oversample_polar", "", (), _const(S + "oversample_polar", True),
+         "recompute polarisation for every sub-pixel"),
+        ("-oversample_omega", "", (), _const(S + "oversample_omega", True),
+         "recompute the solid angle for every sub-pixel"),
+        ("-dmin", "A", (NONNEG,), _set(S + "dmin_A"), "skip scattering beyond this resolution (Angstrom)"),
+        ("-water", "UM", (NONNEG,), _set("background.water_um"),
+         "add scattering of this much water around the crystal (um)"),
+        ("-stol", "FILE", (FILE,), _stol(1e10), "background table: sin(theta)/lambda (1/A), F (read, unused)"),
+        ("-4stol", "FILE", (FILE,), _stol(1e10 / 4), "as -stol with 4 sin(theta)/lambda"),
+        ("-Q", "FILE", (FILE,), _stol(1e10 / math.pi / 4), "as -stol with Q = 4 pi sin(theta)/lambda"),
+        ("-stolout", "FILE", (FILE,), _nothing, "accepted for compatibility, no effect"),
+        ("-density -sample_den -sample_density", "G/CM3", (NUM,), _nothing,
+         "accepted for compatibility, no effect"),
+        ("-MW -molec", "G/MOL", (NUM,), _nothing, "accepted for compatibility, no effect"),
+        ("-coherent", "", (), _nothing, "accepted for compatibility, no effect"),
+    ])
+    + _g("Output", [
+        ("-floatfile -floatimage", "FILE", (FILE,), _set(O + "floatfile"),
+         "raw 4-byte float image (default floatimage.bin)"),
+        ("-intfile -intimage", "FILE", (FILE,), _set(O + "intfile"),
+         "noiseless SMV image (default intimage.img)"),
+        ("-noisefile -noiseimage", "FILE", (FILE,),
+         _all(_set(O + "noisefile"), _const(O + "write_noise", True)),
+         "SMV image with Poisson noise (default noiseimage.img)"),
+        ("-pgmfile -pgmimage", "FILE", (FILE,), _all(_set(O + "pgmfile"), _const(O + "write_pgm", True)),
+         "8-bit PGM image (default image.pgm)"),
+        ("-nonoise", "", (), _const(O + "write_noise", False), "do not write the noise image"),
+        ("-nopgm", "", (), _const(O + "write_pgm", False), "do not write the PGM image"),
+        ("-scale", "X", (NUM,), _set(O + "scale"), "scale of the int image (<= 0: 55000/max)"),
+        ("-pgmscale", "X", (NUM,), _all(_set(O + "pgmscale"), _const(O + "write_pgm", True)),
+         "scale of the PGM image (<= 0: auto)"),
+        ("-adc", "COUNTS", (NUM,), _set(O + "adc"), "offset added to image pixels (default 40)"),
+        ("-seed", "N", (INT,), _set(O + "seed"), "noise random-number seed (default: time)"),
+        ("-printout", "", (), _const(O + "printout", True), "print per-pixel details"),
+        ("-printout_pixel", "F S", (NONNEG_INT,) * 2, _printout_pixel,
+         "print details for this pixel only (fast, slow)"),
+        ("-progress", "", (), _const(O + "progress", True), "show the progress meter (default)"),
+        ("-noprogress", "", (), _const(O + "progress", False), "no progress meter"),
+    ])
+    + _g("Port-only", [
+        ("-mode", "spec|c-parity", (_choice("spec", "c-parity"),), _set(S + "mode"),
+         "spec (default): corrected behaviour; c-parity: reproduce nanoBragg.c's quirks"),
+        ("-dtype", "float32|float64", (_choice("float32", "float64"),), _set(S + "dtype"),
+         "floating-point precision (default float64)"),
+        ("-device", "cpu|cuda|auto", (_choice("cpu", "cuda", "auto", pattern=r"cuda:\d+"),),
+         _set(S + "device"), "where to compute (default cpu)"),
+        ("-trace_pixel", "S F", (NONNEG_INT,) * 2, _trace_pixel,
+         "print TRACE lines for this pixel (slow, fast)"),
+        ("-pixel_batch_size", "N", (POS_INT,), _set(S + "pixel_batch_size"),
+         "pixels per batch (bounds memory)"),
+        ("-debug", "", (), _nothing, "show Python tracebacks", dict(hidden=True)),
+    ])
+    + _g("Not supported", [
+        ("-dispstep", "", (), _example_only("-dispsteps N (count) or -dispersion PCT (range)"), "",
+         dict(hidden=True)),
+        ("-hdiv", "", (), _example_only("-hdivrange MRAD, -hdivstep MRAD or -hdivsteps N"), "",
+         dict(hidden=True)),
+        ("-vdiv", "", (), _example_only("-vdivrange MRAD, -vdivstep MRAD or -vdivsteps N"), "",
+         dict(hidden=True)),
+    ])
+)
+
+_BY_NAME = {name: flag for flag in FLAGS for name in flag.names}
+assert len(_BY_NAME) == sum(len(f.names) for f in FLAGS), "duplicate flag name"
+_HELP = ("-h", "--help", "-help")
+
+
+# --------------------------------------------------------------------------
+# parsing
+
+@dataclass
+class _Use:
+    flag: Flag
+    name: str          # as typed (an alias maybe)
+    index: int         # argv position of the flag
+    values: list
+
+
+def _tokenize(argv: Sequence[str]) -> List[_Use]:
+    uses, i = [], 0
+    while i < len(argv):
+        tok = argv[i]
+        flag = _BY_NAME.get(tok)
+        if flag is None:
+            raise _unknown(tok)
+        values, j = (flag.reader or _read_fixed)(flag, tok, argv, i + 1)
+        uses.append(_Use(flag, tok, i, values))
+        i = j
+    return uses
+
+
+def _unknown(tok: str) -> ConfigError:
+    if tok in _HELP:
+        return UsageError("usage:")
+    if not tok.startswith("-") or _is_number(tok):
+        return FlagError(f"unexpected argument {tok!r} (no flag takes it as a value)")
+    names = [n for n in _BY_NAME if not _BY_NAME[n].hidden]
+    # --distance, -XBEAM, -Lambda: the same name with one dash / another case
+    key = "-" + tok.lstrip("-").lower()
+    close = [n for n in names if n.lower() == key]
+    if not close:
+        close = difflib.get_close_matches(tok, names, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else "; see -h for the list"
+    return FlagError(f"unknown flag {tok!r}{hint}")
+
+
+class _State:
+    """The config being filled plus the C's running values that are not config."""
+
+    def __init__(self, argv):
+        self.argv = list(argv)
+        self.cfg = SimConfig()
+        cr = self.cfg.crystal
+        cr.n_cells = [float(x) for x in cr.n_cells]
+        self.cell = [0.0] * 6              # the C's a b c alpha beta gamma (0: unset)
+        self.cell_given = False
+        self.pivot = self.cfg.detector.pivot_from_flags    # the C starts with BEAM
+        self.c_pivot = self.pivot
+        self.c_twotheta = float(self.cfg.detector.twotheta_deg)
+        self.c_misset = None
+        self.hkl = self.mat = self.sourcefile = self.stol = None   # (flag, file[, mult])
+        self.mask_file = None
+        self.flag = ""
+        self.index = -1
+
+    def set_pivot(self, name):
+        self.pivot = self.c_pivot = name
+
+
+def config_from_args(argv: Sequence[str]) -> SimConfig:
+    """Parse nanoBragg flags (argv without the program name) into a SimConfig.
+
+    Reads the input files named by the flags; writes nothing.  Raises
+    `ConfigError` (FlagError / FileError) for bad input and `UsageError` where
+    nanoBragg.c prints its usage and exits 9.
+    """
+    argv = [str(a) for a in argv]
+    uses = _tokenize(argv)
+    st = _State(argv)
+    cfg = st.cfg
+
+    # SMV headers first (SPEC 6.7): the mask, then -img, whatever their argv order
+    last = {u.flag.name: u for u in uses if u.flag.name in ("-mask", "-img")}
+    for name in ("-mask", "-img"):
+        if name in last:
+            _ingest_header(st, name, last[name].values[0])
+
+    for use in uses:
+        st.flag, st.index = use.name, use.index
+        use.flag.apply(st, use.values)
+
+    _finish_crystal(st)
+    _finish_quirks(st)
+    _finish_beam(st)
+    _check_detector(st)
+    _check_usage(st)
+    _read_inputs(st)
+    cfg.argv = list(argv)
+    return cfg
+
+
+# --------------------------------------------------------------------------
+# after the flags
+
+def _finish_crystal(st):
+    if not st.cell_given:
+        return
+    a, b, c, al, be, ga = st.cell
+    if a <= 0:
+        raise FlagError(f"-cell: the a axis must be > 0, got {a:g}")
+    # the C's defaults for what -cell left out or gave as <= 0
+    b = b if b > 0 else a
+    c = c if c > 0 else a
+    al, be, ga = (x if x > 0 else 90.0 for x in (al, be, ga))
+    for label, x in (("alpha", al), ("beta", be), ("gamma", ga)):
+        if x >= 180:
+            raise FlagError(f"-cell: {label} must be below 180 deg, got {x:g}")
+    ca, cb, cg = (math.cos(math.radians(x)) for x in (al, be, ga))
+    if 1 - ca * ca - cb * cb - cg * cg + 2 * ca * cb * cg <= 0:
+        raise FlagError(f"-cell: the angles {al:g} {be:g} {ga:g} do not form a unit cell")
+    st.cfg.crystal.cell = [float(x) for x in (a, b, c, al, be, ga)]
+
+
+def _finish_quirks(st):
+    det, cq, cr = st.cfg.detector, st.cfg.c_quirks, st.cfg.crystal
+    det.pivot_from_flags = st.pivot
+    cq.pivot_from_flags = st.c_pivot
+    cq.twotheta_deg = None if st.c_twotheta == det.twotheta_deg else st.c_twotheta
+    spec_misset = ("random" if cr.misset_random
+                   else tuple(cr.misset_deg) if cr.misset_deg is not None else None)
+    cq.misset = "same" if st.c_misset == spec_misset else st.c_misset
+
+
+def _finish_beam(st):
+    """Fluence from flux and beam clipping of the sample (SPEC 3.6, 2.5), as the C."""
+    beam, size = st.cfg.beam, st.cfg.crystal.sample_size_mm
+    beamsize = beam.beamsize_mm / 1000           # metres, as the C's atof()/1000
+    if beam.flux != 0.0 and beam.exposure_s > 0.0 and beamsize >= 0:
+        beam.fluence = beam.flux * beam.exposure_s / beamsize / beamsize
+    if beamsize >= 0:
+        for k, word in ((1, "high"), (2, "wide")):
+            sample = size[k] / 1000
+            if beamsize < sample:
+                st.cfg.notes.append(f"WARNING: clipping sample ({sample:g} m {word}) "
+                                    f"with beam ({beamsize:g} m)")
+                size[k] = beam.beamsize_mm
+    if beam.exposure_s > 0.0:
+        beam.flux = beam.fluence / beam.exposure_s * beamsize * beamsize   # bookkeeping
+
+
+def _check_detector(st):
+    det, cfg = st.cfg.detector, st.cfg
+    if not det.pixel_size_mm > 0:
+        raise FlagError(f"the pixel size must be > 0 mm, got {det.pixel_size_mm:g}")
+    if not cfg.beam.wavelength_A > 0:
+        raise FlagError(f"the wavelength must be > 0 Angstrom, got {cfg.beam.wavelength_A:g}")
+    nf, ns = det.fpixels, det.spixels
+    for axis, n, flag in (("fast", nf, "-detsize_f"), ("slow", ns, "-detsize_s")):
+        if n <= 0:
+            raise FlagError(f"the detector has {n} pixels along {axis} "
+                            f"(check {flag}/-detsize and -pixel)")
+    if det.roi is not None:
+        xmin, xmax, ymin, ymax = det.roi
+        if xmax >= nf or ymax >= ns:
+            raise FlagError(f"-roi {xmin} {xmax} {ymin} {ymax} is outside the detector "
+                            f"(fast 0..{nf - 1}, slow 0..{ns - 1})")
+    for flag, px, (f, s) in (("-printout_pixel", cfg.output.printout_pixel, (0, 1)),
+                             ("-trace_pixel", cfg.output.trace_pixel, (1, 0))):
+        if px is not None and (px[f] >= nf or px[s] >= ns):
+            raise FlagError(f"{flag} {px[0]} {px[1]} is outside the detector "
+                            f"(fast 0..{nf - 1}, slow 0..{ns - 1})")
+    if det.mask is not None and det.mask.shape != (ns, nf):
+        raise FileError(f"-mask {st.mask_file}: the mask is {det.mask.shape[1]}x"
+                        f"{det.mask.shape[0]} pixels but the detector is {nf}x{ns}")
+
+
+def _check_usage(st):
+    cr = st.cfg.crystal
+    if st.hkl is None and not os.path.exists(cr.dump_file) and cr.default_F == 0:
+        raise UsageError("ERROR: no hkl file and no dump file to read.")
+    if st.mat is None and not st.cell_given:
+        raise UsageError("ERROR: no crystal: give -cell a b c alpha beta gamma or -mat FILE.")
+
+
+def _read_file(flag, path, reader, *args, **kw):
+    """Call an io reader; any failure becomes a one-line FileError naming flag and file."""
+    try:
+        return reader(path, *args, **kw)
+    except ConfigError as err:
+        msg = str(err).strip().replace("\n", " ")
+        if path not in msg:
+            msg = f"{path}: {msg}"
+        raise FileError(f"{flag} {msg}") from err
+    except OSError as err:
+        raise FileError(f"{flag} {path}: {err.strerror or err}") from err
+    except (ValueError, IndexError, UnicodeError) as err:
+        raise FileError(f"{flag} {path}: malformed file ({err})") from err
+
+
+def _read_inputs(st):
+    cfg, cr = st.cfg, st.cfg.crystal
+    strict = cfg.mode == "spec"
+    if st.mat is not None:
+        from .io.matfile import read_mat
+        cr.mat_file = st.mat[1]
+        cr.mat = _read_file(*st.mat, read_mat)
+    if st.hkl is not None:
+        from .io.hkl import read_hkl_with_messages
+        cr.hkl_file = st.hkl[1]
+        cr.hkl, messages = _read_file(*st.hkl, read_hkl_with_messages, cr.default_F, strict)
+        cfg.notes.extend(messages)
+    elif os.path.exists(cr.dump_file):
+        from .io.hkl import read_fdump
+        cfg.notes.append(f"reading Fs from {cr.dump_file}")
+        cr.hkl = _read_file("-dump", cr.dump_file, read_fdump, c_quirk=cfg.mode == "c-parity")
+    if st.sourcefile is not None:
+        from .io.sourcefile import read_sourcefile
+        arr = _read_file(*st.sourcefile, read_sourcefile, strict=strict)
+        if len(arr) == 0:
+            raise FileError(f"{st.sourcefile[0]} {st.sourcefile[1]}: no sources in the file")
+        cfg.beam.sources = SourceList(position_m=arr[:, :3].copy(), weight=arr[:, 3].copy(),
+                                      wavelength_m=arr[:, 4].copy())
+    if st.stol is not None:
+        from .io.stol import read_stol
+        flag, path, mult = st.stol
+        cfg.background.stol_file = path
+        cfg.background.stol_table = _read_file(flag, path, read_stol)
+        cfg.background.stol_mult = mult
+
+
+def _mm_for_metres(x_m: float) -> float:
+    """A value in mm whose mm/1000 (the simulator's conversion) is exactly x_m."""
+    y = x_m * 1000.0
+    cands = [y]
+    for direction in (math.inf, -math.inf):
+        z = y
+        for _ in range(3):
+            z = math.nextafter(z, direction)
+            cands.append(z)
+    for cand in cands:
+        if cand / 1000.0 == x_m:
+            return cand
+    return y
+
+
+def _ingest_header(st, flag, path):
+    """Detector/beam values from an SMV header, as the C (SPEC 6.7)."""
+    from .io.smv import header_value, read_smv
+    smv = _read_file(flag, path, read_smv)
+    cfg, det = st.cfg, st.cfg.detector
+
+    def value(key):
+        try:
+            return header_value(smv.header, key)   # last occurrence of the substring
+        except (ValueError, TypeError) as err:
+            raise FileError(f"{flag} {path}: bad {key} in the header ({err})") from err
+
+    det.detpixels = [int(smv.width), int(smv.height)]
+    v = value("PIXEL_SIZE")
+    if v is not None:
+        det.pixel_size_mm = v
+    # "DISTANCE" also matches CLOSE_DISTANCE: the last one in the header wins (the C)
+    for key, target in (("DISTANCE", "detector.distance_mm"),
+                        ("CLOSE_DISTANCE", "detector.close_distance_mm"),
+                        ("WAVELENGTH", "beam.wavelength_A"),
+                        ("BEAM_CENTER_X", "detector.beam_center_mm[0]")):
+        v = value(key)
+        if v is not None:
+            _put(cfg, target, v)
+    v = value("BEAM_CENTER_Y")
+    if v is not None:
+        if flag == "-mask":
+            # C: Ybeam = detsize_s - value/1000 (metres), detsize_s = pixel_size*SIZE2 now
+            detsize_s = det.pixel_size_mm / 1000.0 * smv.height
+            det.beam_center_mm[1] = _mm_for_metres(detsize_s - v / 1000.0)
+        else:
+            det.beam_center_mm[1] = v
+    for key, target in (("ORGX", "detector.org_px[0]"), ("ORGY", "detector.org_px[1]"),
+                        ("PHI", "crystal.phi_deg"), ("OSC_RANGE", "crystal.osc_deg")):
+        v = value(key)
+        if v is not None:
+            _put(cfg, target, v)
+    # TWOTHETA: the C stores it in a variable it never uses
+    if flag == "-mask":
+        if smv.data is None:
+            raise FileError(f"-mask {path}: no pixel data in the file")
+        det.mask = smv.data
+        st.mask_file = path
+
+
+# --------------------------------------------------------------------------
+# usage and entry points
+
+def usage_text() -> str:
+    lines = [f"usage: {PROG} -mat auto.mat -hkl Fs.hkl [options]",
+             f"       {PROG} -cell a b c alpha beta gamma -default_F F [options]",
+             "Flags take their values positionally (so negative numbers are values);",
+             "later flags override earlier ones.  -h, --help: this listing."]
+    group = None
+    for flag in FLAGS:
+        if flag.hidden:
+            continue
+        if flag.group != group:
+            group = flag.group
+            lines += ["", f"{group}:"]
+        head = ", ".join(flag.names) + (f" {flag.metavar}" if flag.metavar else "")
+        if len(head) <= 30:
+            lines.append(f"  {head:<30} {flag.help}")
+        else:
+            lines += [f"  {head}", f"  {'':<30} {flag.help}"]
+    return "\n".join(lines) + "\n"
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def main(argv: Sequence[str]) -> int:
+    argv = list(argv)
+    if any(a in _HELP for a in argv):
+        sys.stdout.write(usage_text())
+        return 0
+    debug = "-debug" in argv
+    try:
+        cfg = config_from_args(argv)
+    except UsageError as err:
+        msg = str(err).strip()
+        if msg and msg != "usage:":
+            print(msg)
+        sys.stdout.write(usage_text())
+        return 9
+    except ConfigError as err:
+        if debug:
+            raise
+        print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
+        return 2 if isinstance(err, FlagError) else 1
+    from .runner import run
+    try:
+        return int(run(cfg) or 0)
+    except ConfigError as err:
+        if debug:
+            raise
+        print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
+        return 2 if isinstance(err, FlagError) else 1
+
+
+def main_cli() -> None:
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,271 @@
+"""Detector geometry: conventions, pivots, rotations, pix0 and pixel positions (SPEC 1).
+
+All lengths in metres, lab frame. `detector_geometry` turns the user's
+settings into the basis (fdet, sdet, odet), the first pixel's outer corner
+pix0 and the beam-centre quantities the image header reports, following the
+C's order of evaluation step by step (SPEC 1.4-1.8).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .config import SimConfig
+from .errors import ConfigError
+from .units import deg_to_rad
+from .vec import as_tensor, cross, dot, rotate_axis, rotate_xyz, unitize
+
+# Initial vectors per convention: beam, fdet, sdet, odet, twotheta axis, polar, spindle (SPEC 1.4)
+CONVENTIONS = {
+    "MOSFLM": ((1, 0, 0), (0, 0, 1), (0, -1, 0), (1, 0, 0), (0, 0, -1), (0, 0, 1), (0, 0, 1)),
+    "DENZO": ((1, 0, 0), (0, 0, 1), (0, -1, 0), (1, 0, 0), (0, 0, -1), (0, 0, 1), (0, 0, 1)),
+    "ADXV": ((0, 0, 1), (1, 0, 0), (0, -1, 0), (0, 0, 1), (-1, 0, 0), (1, 0, 0), (1, 0, 0)),
+    "XDS": ((0, 0, 1), (1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 0, 0), (1, 0, 0), (1, 0, 0)),
+    "DIALS": ((0, 0, 1), (1, 0, 0), (0, 1, 0), (0, 0, 1), (0, 1, 0), (0, 1, 0), (0, 1, 0)),
+    # the C's initial values, kept in CUSTOM where the user gave no vector
+    "CUSTOM": ((1, 0, 0), (0, 0, 1), (0, -1, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1), (0, 0, 1)),
+}
+CONVENTION_PIVOT = {"MOSFLM": "BEAM", "DENZO": "BEAM", "ADXV": "BEAM", "XDS": "SAMPLE", "DIALS": "SAMPLE"}
+
+
+@dataclass
+class LabVectors:
+    """Unit vectors after the convention step (before detector rotations)."""
+    beam: torch.Tensor        # (3,) propagation direction b
+    fdet: torch.Tensor
+    sdet: torch.Tensor
+    odet: torch.Tensor
+    twotheta_axis: torch.Tensor   # not normalised (C quirk, SPEC 1.3)
+    polar: torch.Tensor       # E-vector axis p
+    spindle: torch.Tensor     # phi axis u
+    vert: torch.Tensor        # unit(b x p)
+    odet_regenerated: bool    # the C's "auto-generating odet_vector" warning
+
+
+@dataclass
+class DetectorGeometry:
+    """The detector after §1.6; tensors are (3,) or scalars, metres."""
+    convention: str
+    pivot: str
+    fpixels: int
+    spixels: int
+    pixel_size_m: float
+    detsize_f_m: float
+    detsize_s_m: float
+    pix0: torch.Tensor
+    fdet: torch.Tensor
+    sdet: torch.Tensor
+    odet: torch.Tensor
+    beam: torch.Tensor
+    distance: torch.Tensor        # close_distance / ratio (header DISTANCE, curved detector radius)
+    close_distance: torch.Tensor  # pix0 . odet (solid angle)
+    Fbeam: torch.Tensor
+    Sbeam: torch.Tensor
+    Fclose: torch.Tensor
+    Sclose: torch.Tensor
+    Xbeam: torch.Tensor           # header BEAM_CENTER_X/Y (m)
+    Ybeam: torch.Tensor
+    Xclose: torch.Tensor
+    Yclose: torch.Tensor
+    orgx: torch.Tensor
+    orgy: torch.Tensor
+    dials_origin_mm: torch.Tensor
+    twotheta_rad: torch.Tensor
+    twotheta_axis: torch.Tensor
+    curved: bool
+    point_pixel: bool
+    vectors: LabVectors
+
+
+def _vector(user, default, dtype, device):
+    return as_tensor(user if user is not None else default, dtype, device)
+
+
+def lab_vectors(cfg: SimConfig, dtype, device) -> LabVectors:
+    """Convention step (SPEC 1.4, 1.8): a named convention overwrites all seven vectors."""
+    conv = cfg.detector.convention
+    table = CONVENTIONS[conv]
+    if conv == "CUSTOM":
+        user = (cfg.beam.beam_vector, cfg.detector.fdet_vector, cfg.detector.sdet_vector,
+                cfg.detector.odet_vector, cfg.detector.twotheta_axis, cfg.beam.polar_vector,
+                cfg.crystal.spindle_axis)
+    else:
+        user = (None,) * 7
+    beam, fdet, sdet, odet, axis, polar, spindle = (
+        _vector(u, d, dtype, device) for u, d in zip(user, table))
+    beam = unitize(beam)[0]
+    fdet = unitize(fdet)[0]
+    sdet = unitize(sdet)[0]
+    odet_unit = unitize(odet)[0]
+    # the C regenerates odet when the given vector is not exactly unit length
+    o = [float(x) for x in (user[3] if user[3] is not None else table[3])]
+    regenerate = math.sqrt(o[0] * o[0] + o[1] * o[1] + o[2] * o[2]) != 1.0
+    if regenerate:
+        odet_unit = unitize(cross(fdet, sdet))[0]
+    polar = unitize(polar)[0]
+    spindle = unitize(spindle)[0]
+    vert = unitize(cross(beam, polar))[0]
+    return LabVectors(beam, fdet, sdet, odet_unit, axis, polar, spindle, vert, regenerate)
+
+
+def choose_pivot(cfg: SimConfig, mode: str) -> str:
+    """SPEC 1.7: a named convention forces its pivot; spec mode honours an explicit -pivot."""
+    det = cfg.detector
+    if mode == "spec" and det.pivot is not None:
+        return det.pivot.upper()
+    if det.convention in CONVENTION_PIVOT:
+        return CONVENTION_PIVOT[det.convention]
+    running = det.pivot_from_flags
+    if mode == "c-parity" and cfg.c_quirks.pivot_from_flags is not None:
+        running = cfg.c_quirks.pivot_from_flags
+    return running.upper()
+
+
+def twotheta_deg(cfg: SimConfig, mode: str):
+    if mode == "c-parity" and cfg.c_quirks.twotheta_deg is not None:
+        return cfg.c_quirks.twotheta_deg
+    return cfg.detector.twotheta_deg
+
+
+def _mm(x, dtype, device):
+    return as_tensor(x, dtype, device) / 1000.0
+
+
+def detector_geometry(cfg: SimConfig, mode: str, dtype, device) -> DetectorGeometry:
+    """SPEC 1.4-1.6 in the C's order: beam centres, convention, pivot, rotations, pix0."""
+    det = cfg.detector
+    px = det.pixel_size_mm / 1000.0
+    fpixels, spixels = det.fpixels, det.spixels
+    if fpixels <= 0 or spixels <= 0:
+        raise ConfigError(f"detector has {fpixels}x{spixels} pixels: need at least one in each direction")
+    detsize_f = det.detsize_f_mm / 1000.0
+    detsize_s = det.detsize_s_mm / 1000.0
+    t = lambda x: as_tensor(x, dtype, device)  # noqa: E731
+
+    # 1-2: near point and its header defaults
+    orgx, orgy = det.org_px
+    Fclose = (t(orgx) - 0.5) * px if orgx is not None else t(detsize_f / 2.0)
+    Sclose = (t(orgy) - 0.5) * px if orgy is not None else t(detsize_s / 2.0)
+    Xclose = _mm(det.close_center_mm[0], dtype, device) if det.close_center_mm[0] is not None else Fclose
+    Yclose = _mm(det.close_center_mm[1], dtype, device) if det.close_center_mm[1] is not None else Sclose
+
+    # 3: header beam centre and the direct-beam position per convention
+    conv = det.convention
+    bc = det.beam_center_mm
+    if isinstance(bc, torch.Tensor):
+        Xbeam, Ybeam = _mm(bc[0], dtype, device), _mm(bc[1], dtype, device)
+    else:
+        Xbeam = _mm(bc[0], dtype, device) if bc[0] is not None else None
+        Ybeam = _mm(bc[1], dtype, device) if bc[1] is not None else None
+    if conv in ("MOSFLM", "DENZO"):
+        Xbeam = Xbeam if Xbeam is not None else t((detsize_s + px) / 2.0)
+        Ybeam = Ybeam if Ybeam is not None else t((detsize_f + px) / 2.0)
+        shift = 0.5 * px if conv == "MOSFLM" else 0.0
+        Fbeam, Sbeam = Ybeam + shift, Xbeam + shift
+    elif conv == "ADXV":
+        Xbeam = Xbeam if Xbeam is not None else t((detsize_f + px) / 2.0)
+        Ybeam = Ybeam if Ybeam is not None else t((detsize_s - px) / 2.0)
+        Fbeam, Sbeam = Xbeam, detsize_s - Ybeam
+    else:   # XDS, DIALS, CUSTOM
+        Xbeam = Xbeam if Xbeam is not None else Xclose
+        Ybeam = Ybeam if Ybeam is not None else Yclose
+        Fbeam, Sbeam = Xbeam, Ybeam
+        if conv == "CUSTOM":
+            Fclose, Sclose = Xbeam, Ybeam
+
+    vec = lab_vectors(cfg, dtype, device)
+    pivot = choose_pivot(cfg, mode)
+    rot = as_tensor(det.rotation_deg, dtype, device)
+    rotx, roty, rotz = deg_to_rad(rot[0]), deg_to_rad(rot[1]), deg_to_rad(rot[2])
+    twotheta = deg_to_rad(t(twotheta_deg(cfg, mode)))
+    axis = vec.twotheta_axis
+    beam = vec.beam
+
+    # 1.6 step 1-2: ratio excludes the 2theta swing (C quirk)
+    ratio = dot(beam, rotate_xyz(vec.odet, rotx, roty, rotz))
+    ratio = torch.where(ratio == 0, torch.full_like(ratio, 2.2250738585072014e-308), ratio)
+    distance = _mm(det.distance_mm if det.distance_mm is not None else 100.0, dtype, device)
+    if det.close_distance_mm is not None:
+        close_distance = _mm(det.close_distance_mm, dtype, device)
+    else:
+        close_distance = torch.abs(ratio * distance)
+    distance = close_distance / ratio
+
+    fdet, sdet, odet = vec.fdet, vec.sdet, vec.odet
+    if pivot == "SAMPLE":
+        pix0 = -Fclose * fdet - Sclose * sdet + close_distance * odet
+        pix0 = rotate_axis(rotate_xyz(pix0, rotx, roty, rotz), axis, twotheta)
+    fdet = rotate_axis(rotate_xyz(fdet, rotx, roty, rotz), axis, twotheta)
+    sdet = rotate_axis(rotate_xyz(sdet, rotx, roty, rotz), axis, twotheta)
+    odet = rotate_axis(rotate_xyz(odet, rotx, roty, rotz), axis, twotheta)
+    if pivot == "BEAM":
+        pix0 = -Fbeam * fdet - Sbeam * sdet + distance * beam
+    if mode == "spec" and det.pix0_vector_m is not None:
+        # spec mode places the first pixel where the user said (the C ignores the value)
+        pix0 = as_tensor(det.pix0_vector_m, dtype, device)
+
+    # 6-9: derived quantities reported in headers
+    Fclose = -dot(pix0, fdet)
+    Sclose = -dot(pix0, sdet)
+    close_distance = dot(pix0, odet)
+    R = (close_distance / ratio) * beam - pix0
+    Fbeam = dot(fdet, R)
+    Sbeam = dot(sdet, R)
+    distance = close_distance / ratio
+    if mode == "spec" and det.pix0_vector_m is not None:
+        Xbeam, Ybeam = _header_centre_from_beam(conv, Fbeam, Sbeam, px, detsize_s)
+    orgx_out = Fclose / px + 0.5
+    orgy_out = Sclose / px + 0.5
+    dials = 1000.0 * torch.stack((pix0[2], pix0[1], -pix0[0]))
+
+    return DetectorGeometry(
+        convention=conv, pivot=pivot, fpixels=fpixels, spixels=spixels, pixel_size_m=px,
+        detsize_f_m=detsize_f, detsize_s_m=detsize_s, pix0=pix0, fdet=fdet, sdet=sdet, odet=odet,
+        beam=beam, distance=distance, close_distance=close_distance, Fbeam=Fbeam, Sbeam=Sbeam,
+        Fclose=Fclose, Sclose=Sclose, Xbeam=Xbeam, Ybeam=Ybeam, Xclose=Xclose, Yclose=Yclose,
+        orgx=orgx_out, orgy=orgy_out, dials_origin_mm=dials, twotheta_rad=twotheta,
+        twotheta_axis=axis, curved=det.curved, point_pixel=det.point_pixel, vectors=vec)
+
+
+def _header_centre_from_beam(conv, Fbeam, Sbeam, px, detsize_s):
+    """Invert the convention's beam-centre mapping (header values for a -pix0_vector detector)."""
+    if conv == "MOSFLM":
+        return Sbeam - 0.5 * px, Fbeam - 0.5 * px
+    if conv == "DENZO":
+        return Sbeam, Fbeam
+    if conv == "ADXV":
+        return Fbeam, detsize_s - Sbeam
+    return Fbeam, Sbeam
+
+
+def pixel_positions(geom: DetectorGeometry, s_idx: torch.Tensor, f_idx: torch.Tensor,
+                    oversample: int, odet_offsets: torch.Tensor) -> torch.Tensor:
+    """Subpixel positions P (n, T, O, O, 3) in metres for pixels (s_idx, f_idx) (n,).
+
+    Axes: pixel, detector layer (offset odet_offsets (T,) m along odet), slow
+    subpixel, fast subpixel. Flat detectors: P = Fdet f + Sdet s + Odet o + pix0
+    (C order, pix0 added last); -curved_det maps each flat point onto the sphere
+    of radius `distance` (SPEC 1.9).
+    """
+    dtype = geom.pix0.dtype
+    sub = geom.pixel_size_m / oversample
+    k = torch.arange(oversample, dtype=dtype, device=s_idx.device)
+    Fdet = sub * (f_idx.to(dtype)[:, None] * oversample + k) + sub / 2.0      # (n, O)
+    Sdet = sub * (s_idx.to(dtype)[:, None] * oversample + k) + sub / 2.0
+    Fdet = Fdet[:, None, None, :, None]
+    Sdet = Sdet[:, None, :, None, None]
+    Odet = odet_offsets[None, :, None, None, None]
+    P = Fdet * geom.fdet + Sdet * geom.sdet + Odet * geom.odet + geom.pix0
+    if geom.curved:
+        P = curve(P, geom)
+    return P
+
+
+def curve(P: torch.Tensor, geom: DetectorGeometry) -> torch.Tensor:
+    """The C's curved detector: rotate distance*b about s by P_y/distance, then about f by P_z/distance."""
+    dist = geom.distance
+    start = (dist * geom.beam).expand(P.shape)
+    tmp = rotate_axis(start, geom.sdet, P[..., 1] / dist)
+    return rotate_axis(tmp, geom.fdet, P[..., 2] / dist)

@@ -1,0 +1,31 @@
+"""Headerless float32 images (-floatfile), as nanoBragg.c writes them."""
+from __future__ import annotations
+
+import numpy as np
+
+from nanobrag_torch.errors import ConfigError
+from nanobrag_torch.io._common import as_numpy, atomic_write, read_bytes
+
+
+def write_float_image(path, image) -> None:
+    """Write image (spixels, fpixels) as little-endian float32, fast index fastest.
+
+    Any float array (or torch tensor) is accepted; values are rounded to
+    float32 like the C's (float) store. Written atomically.
+    """
+    arr = as_numpy(image)
+    atomic_write(path, [np.ascontiguousarray(arr, dtype="<f4").tobytes()])
+
+
+def read_float_image(path, shape) -> np.ndarray:
+    """Read a float image written by write_float_image / the C: float32 array of the given shape.
+
+    shape: (spixels, fpixels). The file size must be exactly 4 * spixels * fpixels.
+    """
+    shape = tuple(int(n) for n in shape)
+    raw = read_bytes(path)
+    need = 4 * int(np.prod(shape))
+    if len(raw) != need:
+        raise ConfigError(f"{path}: {len(raw)} bytes, expected {need} for a "
+                          f"{' x '.join(map(str, shape))} float32 image")
+    return np.frombuffer(raw, dtype="<f4").astype(np.float32).reshape(shape)

@@ -1,0 +1,215 @@
+"""SMV (ADSC) images: read like nanoBragg.c's GetFrame/ValueOf, write like its int/noise writers."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from numbers import Integral, Real
+
+import numpy as np
+
+from nanobrag_torch.errors import ConfigError
+from nanobrag_torch.io._common import as_numpy, atomic_write, read_bytes
+from nanobrag_torch.io.cnum import c_atof, fmt_g
+
+SMV_MAGIC = b"{\nHEADER_BYT"   # GetFrame compares the first 12 bytes only
+SMV_HEADER_BYTES = 512
+
+
+@dataclass
+class SMVFile:
+    """An SMV image as the C reads it.
+
+    header: the first header_bytes bytes as text, cut at the first NUL (the C
+    treats the header as a C string). width = SIZE1 (fast), height = SIZE2 (slow).
+    data: uint16 (height, width), taken from byte offset header_bytes in the
+    byte order of the reference machine (little-endian), never swapped.
+    """
+    header: str
+    header_bytes: int
+    width: int
+    height: int
+    data: np.ndarray | None
+
+
+def header_value(header: str, key: str) -> float | None:
+    """The C's ValueOf: atof of the text after the first '=' following the LAST occurrence of key.
+
+    The search is a plain substring search that resumes after each match (so
+    "ORGX" matches "XDS_ORGX" and "DISTANCE" matches a later "CLOSE_DISTANCE").
+    Returns None where the C returns NaN (key absent) and 0.0 when no '='
+    follows the key (as the C).
+    """
+    if not key:
+        raise ValueError("header_value: empty key")
+    pos, found = 0, False
+    while True:
+        i = header.find(key, pos)
+        if i < 0:
+            break
+        pos, found = i + len(key), True
+    if not found:
+        return None
+    eq = header.find("=", pos)
+    if eq < 0:
+        return 0.0
+    return c_atof(header[eq + 1:])
+
+
+def _c_int(x: float | None) -> int | None:
+    """(int) of a double as x86 does it; None for NaN/out of range (the C's INT_MIN)."""
+    if x is None or not math.isfinite(x) or abs(x) >= 2 ** 31:
+        return None
+    return int(x)
+
+
+def read_smv(path) -> SMVFile:
+    """Read an SMV image like GetFrame (header keys via header_value).
+
+    Raises ConfigError if the file is missing, does not start with
+    "{\\nHEADER_BYT", is shorter than its header, has no usable size, or is too
+    short for width*height uint16 values after header_bytes.
+    Note: the data offset is HEADER_BYTES even when the writer's header text
+    ran past it (nanoBragg's >512-byte header quirk), as in the C.
+    """
+    raw = read_bytes(path)
+    if len(raw) < SMV_HEADER_BYTES:
+        raise ConfigError(f"{path}: too short for an SMV (ADSC) image ({len(raw)} bytes, "
+                          f"need at least {SMV_HEADER_BYTES})")
+    if not raw.startswith(SMV_MAGIC):
+        raise ConfigError(f"{path}: does not look like an SMV (ADSC) image "
+                          f"(must begin with '{{' and HEADER_BYTES=)")
+    header_bytes = _c_int(header_value(_c_string(raw[:SMV_HEADER_BYTES]), "HEADER_BYTES"))
+    if header_bytes is None or header_bytes <= 0:
+        raise ConfigError(f"{path}: SMV header has no valid HEADER_BYTES value")
+    if header_bytes > len(raw):
+        raise ConfigError(f"{path}: file ({len(raw)} bytes) is shorter than its "
+                          f"HEADER_BYTES={header_bytes}")
+    header = _c_string(raw[:header_bytes])
+    width, height = _image_size(path, header)
+    return SMVFile(header=header, header_bytes=header_bytes, width=width, height=height,
+                   data=_image_data(path, raw, header_bytes, width, height))
+
+
+def _c_string(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode("latin-1")
+
+
+def _image_size(path, header: str) -> tuple[int, int]:
+    width = _c_int(header_value(header, "SIZE1"))
+    height = _c_int(header_value(header, "SIZE2"))
+    if width == 0:
+        # GetFrame's fallback for square detectors
+        width = height = _c_int(header_value(header, "DETECTOR_DIMENSIONS"))
+    if width is None or height is None or width <= 0 or height <= 0:
+        raise ConfigError(f"{path}: SMV header has no valid SIZE1/SIZE2 "
+                          f"(got {width} x {height})")
+    return width, height
+
+
+def _image_data(path, raw: bytes, offset: int, width: int, height: int) -> np.ndarray:
+    need = offset + 2 * width * height
+    if len(raw) < need:
+        raise ConfigError(f"{path}: file is {len(raw)} bytes, too short for a {width} x {height} "
+                          f"unsigned_short image after a {offset}-byte header ({need} bytes)")
+    data = np.frombuffer(raw, dtype="<u2", count=width * height, offset=offset)
+    return data.astype(np.uint16).reshape(height, width)
+
+
+def format_header(header: list[tuple[str, object]]) -> bytes:
+    """The header text exactly as the C writes it, "{\\n" ... "}\\f" plus padding.
+
+    Each (key, value) gives "KEY=value;\\n": floats as %g, ints as %d, strings
+    verbatim; a tuple/list value gives comma-joined %g values and NO ';' (the
+    C's DIALS_ORIGIN line). Spaces pad the text to 512 bytes; when the text is
+    already >= 512 bytes nothing is added (the C pads only while ftell < 512).
+    """
+    lines = ["{\n"]
+    for key, value in header:
+        if isinstance(value, (tuple, list)) or (hasattr(value, "ndim") and value.ndim == 1):
+            lines.append(f"{key}={','.join(_fmt_number(v) for v in value)}\n")
+        else:
+            lines.append(f"{key}={_fmt_value(value)};\n")
+    lines.append("}\f")
+    text = "".join(lines).encode("latin-1")
+    return text + b" " * max(0, SMV_HEADER_BYTES - len(text))
+
+
+def _fmt_value(value) -> str:
+    if isinstance(value, str):
+        return value
+    return _fmt_number(value)
+
+
+def _fmt_number(value) -> str:
+    if hasattr(value, "item") and not isinstance(value, (int, float)):
+        value = value.item()          # numpy / torch scalar
+    if isinstance(value, Integral):
+        return fmt_g(int(value))
+    if isinstance(value, Real):
+        return fmt_g(float(value))
+    raise TypeError(f"SMV header value {value!r} is not a number or string")
+
+
+def write_smv(path, data: np.ndarray, header: list[tuple[str, object]]) -> None:
+    """Write an SMV image like nanoBragg.c's int/noise image writer.
+
+    data: (spixels, fpixels) array of values 0..65535 (uint16 or any integer
+    dtype in range), written little-endian, fast index fastest, right after
+    the header. header: all (key, value) lines in order, HEADER_BYTES and
+    SIZE1/SIZE2 included (checked against data.shape when present).
+    The file appears at path only once completely written.
+    """
+    arr = _as_uint16(data)
+    _check_size(header, arr.shape)
+    atomic_write(path, [format_header(header), arr.astype("<u2", copy=False).tobytes(order="C")])
+
+
+def _as_uint16(data) -> np.ndarray:
+    arr = as_numpy(data)
+    if arr.ndim != 2:
+        raise ValueError(f"SMV data must be 2-D (spixels, fpixels), got shape {arr.shape}")
+    if arr.dtype == np.uint16:
+        return arr
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"SMV data must be an integer array, got dtype {arr.dtype}")
+    if arr.size and (arr.min() < 0 or arr.max() > 65535):
+        raise ValueError("SMV data values must lie in 0..65535")
+    return arr.astype(np.uint16)
+
+
+def _check_size(header, shape) -> None:
+    for key, axis in (("SIZE1", 1), ("SIZE2", 0)):
+        for k, v in header:
+            if k == key and isinstance(v, Integral) and int(v) != shape[axis]:
+                raise ValueError(f"SMV header {key}={v} does not match data shape {shape}")
+
+
+def smv_header_lines(*, byte_order: str = "little_endian", **values) -> list[tuple[str, object]]:
+    """The C's header keys in the C's order, from keyword values (missing ones skipped).
+
+    Keyword names are the header keys in lower case (size1, size2, pixel_size,
+    distance, wavelength, beam_center_x, ..., dials_origin=(x, y, z), xds_orgx,
+    ..., twotheta); HEADER_BYTES, DIM, BYTE_ORDER, TYPE, DETECTOR_SN and
+    BEAMLINE are filled in as the C writes them.
+    """
+    fixed = {"HEADER_BYTES": 512, "DIM": 2, "BYTE_ORDER": byte_order,
+             "TYPE": "unsigned_short", "DETECTOR_SN": "000", "BEAMLINE": "fake"}
+    lines = []
+    for key in C_HEADER_KEYS:
+        if key in fixed:
+            lines.append((key, fixed[key]))
+        elif key.lower() in values:
+            lines.append((key, values.pop(key.lower())))
+    if values:
+        raise TypeError(f"unknown SMV header keys: {sorted(values)}")
+    return lines
+
+
+# Order of the keys in nanoBragg.c's int/noise image headers.
+C_HEADER_KEYS = (
+    "HEADER_BYTES", "DIM", "BYTE_ORDER", "TYPE", "SIZE1", "SIZE2", "PIXEL_SIZE", "DISTANCE",
+    "WAVELENGTH", "BEAM_CENTER_X", "BEAM_CENTER_Y", "ADXV_CENTER_X", "ADXV_CENTER_Y",
+    "MOSFLM_CENTER_X", "MOSFLM_CENTER_Y", "DENZO_X_BEAM", "DENZO_Y_BEAM", "DIALS_ORIGIN",
+    "XDS_ORGX", "XDS_ORGY", "CLOSE_DISTANCE", "PHI", "OSC_START", "OSC_RANGE", "TWOTHETA",
+    "DETECTOR_SN", "BEAMLINE",
+)

@@ -1,0 +1,239 @@
+"""Simulator: detector -> beam -> crystal -> kernel -> image (SPEC 4).
+
+    cfg = nanobrag_torch.config_from_args(argv)
+    image = Simulator(cfg).run()          # (spixels, fpixels), photons per pixel
+
+`Simulator.__init__` fixes the static plan (step counts, oversampling,
+domains); `run()` rebuilds every continuous quantity from the config with
+torch operations, so gradients flow to any config value given as a tensor.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import beam as beam_mod
+from . import crystal as crystal_mod
+from .config import SimConfig
+from .detector import DetectorGeometry, detector_geometry
+from .errors import ConfigError
+from .kernel import KernelPlan, render_pixels
+from .structure import FGrid
+from .units import AVOGADRO, R_E_SQR, WATER_F, WATER_MW
+from .vec import as_tensor
+
+DTYPES = {"float64": torch.float64, "float32": torch.float32, torch.float64: torch.float64,
+          torch.float32: torch.float32}
+MODES = ("spec", "c-parity")
+EVALS_PER_CHUNK = 1 << 20
+
+
+def resolve_device(device) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("-device cuda: no CUDA device is available")
+    return dev
+
+
+@dataclass
+class Setup:
+    """The resolved simulation: geometry, sources, crystal and the kernel plan."""
+    geom: DetectorGeometry
+    sources: beam_mod.Sources
+    lattice: crystal_mod.Lattice
+    phi: crystal_mod.PhiPlan
+    mosaic_domains: int
+    mosaic_spread_deg: object
+    oversample: int
+    recommended_oversample: int
+    thicksteps: int
+    thick_m: object
+    thickstep_m: object
+    mu: object
+    interpolate: bool
+    steps: int
+    plan: KernelPlan
+    pixels_s: torch.Tensor       # rendered pixels in raster order
+    pixels_f: torch.Tensor
+    roi: tuple
+    notes: list
+
+
+class Simulator:
+    """Renders nanoBragg images from a `SimConfig`.
+
+    mode: "spec" (default) or "c-parity" (SPEC 0); dtype: torch.float64 or
+    torch.float32 (or their names); device: "cpu", "cuda" or "auto".
+    """
+
+    def __init__(self, config: SimConfig, *, mode: str = "spec", dtype=torch.float64, device="cpu"):
+        if mode not in MODES:
+            raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if dtype not in DTYPES:
+            raise ConfigError(f"dtype must be float32 or float64, got {dtype!r}")
+        self.config = config
+        self.mode = mode
+        self.dtype = DTYPES[dtype]
+        self.device = resolve_device(device)
+        with torch.no_grad():
+            self.static = self._setup(None)
+        self.notes = self.static.notes
+
+    def run(self, progress=None) -> torch.Tensor:
+        """The float image (spixels, fpixels) in photons per pixel (what -floatfile holds, before float32)."""
+        # continuous quantities are rebuilt from the config (so gradients reach it);
+        # step counts and other static choices stay as decided at construction
+        setup = self._setup(self.static) if torch.is_grad_enabled() else self.static
+        # the C's interpolation switch is global and sticky within one run
+        setup.plan.interp_state = {"active": True, "warning": None}
+        self.last_setup = setup
+        geom = setup.geom
+        image = torch.zeros(geom.spixels * geom.fpixels, dtype=self.dtype, device=self.device)
+        per_pixel = setup.plan.oversample ** 2 * setup.thicksteps * setup.plan.incident.shape[0] * \
+            setup.plan.cells.shape[0]
+        batch = self.config.pixel_batch_size or max(1, EVALS_PER_CHUNK // per_pixel)
+        total = setup.pixels_s.numel()
+        omega_sum = torch.zeros((), dtype=self.dtype, device=self.device)
+        values = []
+        for start in range(0, total, batch):
+            s_idx = setup.pixels_s[start:start + batch]
+            f_idx = setup.pixels_f[start:start + batch]
+            res = render_pixels(s_idx, f_idx, setup.plan)
+            values.append(res.value)
+            omega_sum = omega_sum + res.omega_sum
+            if progress is not None:
+                progress(min(total, start + batch), total)
+        if values:
+            flat_idx = setup.pixels_s * geom.fpixels + setup.pixels_f
+            image = image.index_put((flat_idx,), torch.cat(values))
+        self.omega_sum = omega_sum
+        self.interpolation_warning = setup.plan.interp_state["warning"]
+        return image.reshape(geom.spixels, geom.fpixels)
+
+    # ------------------------------------------------------------------ setup
+    def _setup(self, fixed: Setup | None) -> Setup:
+        cfg, mode, dtype, dev = self.config, self.mode, self.dtype, self.device
+        notes = []
+        geom = detector_geometry(cfg, mode, dtype, dev)
+        vec = geom.vectors
+        if vec.odet_regenerated:
+            notes.append("WARNING: auto-generating odet_vector")
+        lambda0 = beam_mod.wavelength_m(cfg, dtype, dev)
+        sources = beam_mod.make_sources(cfg, vec.beam, vec.polar, vec.vert, mode, dtype, dev)
+        lattice = crystal_mod.crystal_lattice(cfg, mode, lambda0, dtype, dev)
+
+        phi = crystal_mod.phi_plan(cfg)
+        domains, spread, mos_notes = crystal_mod.mosaic_plan(cfg)
+        notes += mos_notes
+        umats = crystal_mod.mosaic_umats(domains, spread, cfg.crystal.mosaic_seed, dtype, dev)
+        phis = crystal_mod.phi_angles(phi, dtype, dev)
+        cells = crystal_mod.rotated_cells(lattice, vec.spindle, phis, umats).reshape(-1, 3, 3)
+
+        if fixed is None:
+            oversample, recommended = self._oversample(lattice, geom, lambda0)
+            interpolate = self._interpolate(cfg)
+        else:
+            oversample, recommended, interpolate = fixed.oversample, fixed.recommended_oversample, \
+                fixed.interpolate
+        thicksteps, thick, thickstep, mu, th_notes = self._thickness()
+        notes += th_notes
+
+        n_src = sources.incident.shape[0]
+        steps = n_src * domains * phi.phisteps * oversample * oversample
+        weight = None
+        if sources.weight is not None:
+            weight = sources.weight * (n_src / sources.weight.sum())
+        fluence = as_tensor(cfg.beam.fluence, dtype, dev)
+        water_m = as_tensor(cfg.background.water_um, dtype, dev) / 1e6
+        I_bg = WATER_F * WATER_F * R_E_SQR * fluence * water_m * water_m * water_m * 1e6 * AVOGADRO / WATER_MW
+        offsets = torch.arange(thicksteps, dtype=dtype, device=dev) * as_tensor(thickstep, dtype, dev)
+        fgrid = FGrid.from_config(cfg.crystal.hkl, cfg.crystal.default_F, dtype, dev)
+        dmin = cfg.dmin_A * 1e-10 if not isinstance(cfg.dmin_A, torch.Tensor) else \
+            as_tensor(cfg.dmin_A, dtype, dev) * 1e-10
+        plan = KernelPlan(
+            geom=geom, oversample=oversample, odet_offsets=offsets, thickstep=thickstep, mu=mu,
+            thick=float(thick) > 0, incident=sources.incident, wavelength=sources.wavelength,
+            source_weight=weight, cells=cells,
+            reciprocal=torch.stack((lattice.a_star, lattice.b_star, lattice.c_star)),
+            n_cells=lattice.n_cells, shape=cfg.crystal.shape, fudge=cfg.crystal.fudge, fgrid=fgrid,
+            interpolate=interpolate, water=float(cfg.background.water_um) != 0.0, I_bg=I_bg,
+            scale=R_E_SQR * fluence, steps=steps, dmin=dmin, nopolar=cfg.beam.nopolar,
+            kahn=as_tensor(cfg.beam.polarization, dtype, dev), polar_axis=vec.polar,
+            oversample_thick=cfg.oversample_thick, oversample_polar=cfg.oversample_polar,
+            oversample_omega=cfg.oversample_omega, lattice_on_fraction=(mode == "spec"))
+        if fixed is None:
+            pixels_s, pixels_f, roi = self._rendered_pixels(geom)
+        else:
+            pixels_s, pixels_f, roi = fixed.pixels_s, fixed.pixels_f, fixed.roi
+        return Setup(geom, sources, lattice, phi, domains, spread, oversample, recommended,
+                     thicksteps, thick, thickstep, mu, interpolate, steps, plan, pixels_s, pixels_f,
+                     roi, notes)
+
+    def _oversample(self, lattice, geom, lambda0):
+        """SPEC 2.9: recommended oversampling from crystal size and reciprocal pixel size."""
+        sizes = [float(crystal_mod.magnitude(v) * n) for v, n in
+                 zip((lattice.a, lattice.b, lattice.c), lattice.n_cells)]
+        reciprocal_pixel = float(lambda0) * float(geom.distance) / geom.pixel_size_m
+        recommended = int(math.ceil(3.0 * max(sizes) / reciprocal_pixel))
+        if recommended <= 0:
+            recommended = 1
+        over = self.config.oversample
+        if over is None or over <= 0:
+            over = recommended
+        return over, recommended
+
+    def _thickness(self):
+        det = self.config.detector
+        notes = []
+        n, thick, step = beam_mod.step_plan(det.thicksteps or -1, det.thickness_um * 1e-6, -1.0, 0.5e-6,
+                                            range_only_halves=True)
+        mu = det.mu_per_m if det.mu_per_m is not None else -1.0
+        if thick > 0.0 and mu < 0.0:
+            mu = 1.0 / thick
+            notes.append(f"WARNING: setting detector attenuation depth to {mu:g} m")
+        return n, thick, step, mu, notes
+
+    def _interpolate(self, cfg) -> bool:
+        interp = cfg.crystal.interpolate
+        if interp is None:
+            # the C decides on the N values as parsed, before -xtalsize and the clamp to 1
+            interp = any(float(n) <= 2 for n in cfg.crystal.n_cells)
+        hkl = cfg.crystal.hkl
+        if hkl is None or hkl.hkls == 0:
+            interp = False
+        return bool(interp)
+
+    def _rendered_pixels(self, geom):
+        det = self.config.detector
+        fp, sp = geom.fpixels, geom.spixels
+        if det.roi is not None:
+            xmin, xmax, ymin, ymax = det.roi
+        else:
+            xmin, xmax, ymin, ymax = 0, fp, 0, sp
+        s, f = np.meshgrid(np.arange(sp), np.arange(fp), indexing="ij")
+        keep = (f >= xmin) & (f <= xmax) & (s >= ymin) & (s <= ymax)
+        if det.mask is not None:
+            keep &= np.asarray(det.mask) != 0
+        dev = self.device
+        return (torch.as_tensor(s[keep], device=dev), torch.as_tensor(f[keep], device=dev),
+                (xmin, xmax, ymin, ymax))
+
+
+def progress_printer(stream=None):
+    """A progress callback printing 'NN% done' lines as the C does (every 5 %)."""
+    stream = stream or sys.stdout
+    state = {"last": -1}
+
+    def report(done, total):
+        pct = done * 100 // max(total, 1)
+        step = pct // 5 * 5
+        if step > state["last"]:
+            state["last"] = step
+            print(f"{step}% done", file=stream, flush=True)
+    return report

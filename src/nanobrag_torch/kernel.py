@@ -53,6 +53,7 @@ class KernelPlan:
     oversample_polar: bool
     oversample_omega: bool
     lattice_on_fraction: bool = True  # sincg on h - h0 (spec) or on h (the C's form)
+    dtype: torch.dtype = torch.float64   # dtype of the lattice/structure-factor arithmetic
     interp_state: dict = field(default_factory=lambda: {"active": True, "warning": None})
 
 
@@ -77,15 +78,15 @@ def sinc3(x2: torch.Tensor, tiny: float) -> torch.Tensor:
     return torch.where(small, 1.0 - x2 / 10.0, exact)
 
 
-def lattice_factor(hkl: torch.Tensor, hkl0: torch.Tensor, plan: KernelPlan) -> torch.Tensor:
-    """F_latt (SPEC 2.6) for fractional hkl (..., 3) and nearest integers hkl0."""
-    N = plan.n_cells
-    frac = hkl - hkl0
-    f64 = hkl.dtype == torch.float64
+def lattice_factor(hkl: torch.Tensor, frac: torch.Tensor, plan: KernelPlan) -> torch.Tensor:
+    """F_latt (SPEC 2.6) from fractional hkl (..., 3) and its offset from the nearest node, frac."""
+    N = plan.n_cells.to(frac.dtype)
+    f64 = frac.dtype == torch.float64
     if plan.shape == "square":
         tiny = 1e-7 if f64 else 1e-3
-        x = math.pi * (frac if plan.lattice_on_fraction else hkl)
+        x = math.pi * frac
         if not plan.lattice_on_fraction:
+            x = math.pi * hkl
             tiny = 1e-300          # the C's test is x == 0 exactly
         F = sincg(x[..., 0], N[0], tiny) * sincg(x[..., 1], N[1], tiny) * sincg(x[..., 2], N[2], tiny)
         return F
@@ -95,12 +96,12 @@ def lattice_factor(hkl: torch.Tensor, hkl0: torch.Tensor, plan: KernelPlan) -> t
                     + frac[..., 2] * frac[..., 2] * N[2] * N[2])
         return NaNbNc * 0.723601254558268 * sinc3(math.pi * math.pi * hrad_sqr * plan.fudge,
                                                  1e-14 if f64 else 1e-6)
-    rs = plan.reciprocal
+    rs = plan.reciprocal.to(frac.dtype)
     d = (frac[..., 0, None] * rs[0] + frac[..., 1, None] * rs[1] + frac[..., 2, None] * rs[2])
     rad_star_sqr = dot(d, d) * N[0] * N[0] * N[1] * N[1] * N[2] * N[2]
     if plan.shape == "gauss":
         return NaNbNc * torch.exp(-(rad_star_sqr / 0.63 * plan.fudge))
-    return NaNbNc * (rad_star_sqr * plan.fudge < 0.3969).to(hkl.dtype)     # tophat
+    return NaNbNc * (rad_star_sqr * plan.fudge < 0.3969).to(frac.dtype)     # tophat
 
 
 def structure_factor(hkl, hkl0, evaluated, plan: KernelPlan) -> torch.Tensor:
@@ -111,7 +112,7 @@ def structure_factor(hkl, hkl0, evaluated, plan: KernelPlan) -> torch.Tensor:
     if not (plan.interpolate and state["active"]):
         return F_nn
     oor = tricubic_out_of_range(grid, hkl) & evaluated
-    F_tri = tricubic_F(grid, hkl)
+    F_tri = tricubic_F(grid, hkl).to(F_nn.dtype)
     flat = oor.reshape(-1)
     if bool(flat.any()):
         first = int(torch.nonzero(flat)[0, 0])
@@ -162,9 +163,11 @@ def render_pixels(s_idx: torch.Tensor, f_idx: torch.Tensor, plan: KernelPlan) ->
         stol = 0.5 * torch.sqrt(dot(q, q))
         culled = (stol > 0) & (plan.dmin > 0.5 / torch.where(stol > 0, stol, torch.ones_like(stol)))
 
+    # geometry and Miller indices in float64 whatever the dtype: a float32 h of ~50
+    # carries 4e-6 of rounding, which the sharp lattice transform magnifies
     hkl = torch.einsum("ntabsk,rjk->ntabsrj", q, plan.cells)             # (n, T, O, O, S, R, 3)
     hkl0 = torch.ceil(hkl - 0.5)
-    F_latt = lattice_factor(hkl, hkl0, plan)
+    F_latt = lattice_factor(hkl, (hkl - hkl0).to(plan.dtype), plan)
     evaluated = torch.ones_like(F_latt, dtype=torch.bool)
     if culled is not None:
         evaluated = evaluated & ~culled[..., None]
@@ -173,7 +176,7 @@ def render_pixels(s_idx: torch.Tensor, f_idx: torch.Tensor, plan: KernelPlan) ->
     F_cell = structure_factor(hkl, hkl0, evaluated, plan)
     term = F_cell * F_cell * F_latt * F_latt                              # (n, T, O, O, S, R)
     if plan.source_weight is not None:
-        term = term * plan.source_weight[:, None]
+        term = term * plan.source_weight[:, None].to(term.dtype)
     if culled is not None:
         term = torch.where(culled[..., None], torch.zeros_like(term), term)
 
@@ -182,12 +185,15 @@ def render_pixels(s_idx: torch.Tensor, f_idx: torch.Tensor, plan: KernelPlan) ->
         polar = polarization_factor(plan.kahn, inc, d[..., None, :], plan.polar_axis)  # (n,T,O,O,S)
 
     n = P.shape[0]
+    dt = plan.dtype
+    omega, capture = omega.to(dt), capture.to(dt)
+    polar = polar.to(dt) if polar is not None else None
     if plan.oversample_thick or plan.oversample_polar or plan.oversample_omega:
         I = _running_product_sum(term, evaluated, capture, polar, omega, plan)
     else:
-        I = plan.I_bg + term.reshape(n, -1).sum(dim=1)
+        I = plan.I_bg.to(dt) + term.reshape(n, -1).sum(dim=1)
 
-    value = plan.scale * I / plan.steps
+    value = plan.scale.to(dt) * I / plan.steps
     if not plan.oversample_thick:
         value = value * capture[:, -1, 0, 0]
     if not plan.oversample_polar:
@@ -209,7 +215,7 @@ def _positive(x) -> bool:
 def _held_polar(polar, culled, plan: KernelPlan, n: int) -> torch.Tensor:
     """The C computes the polarisation factor once per pixel, at its first unculled source."""
     if plan.nopolar:
-        return torch.ones((), dtype=plan.I_bg.dtype, device=plan.I_bg.device)
+        return torch.ones((), dtype=plan.dtype, device=plan.I_bg.device)
     flat = polar.reshape(n, -1)
     if culled is None:
         return flat[:, 0]
@@ -244,4 +250,4 @@ def _running_product_sum(term, evaluated, capture, polar, omega, plan: KernelPla
     suffix = torch.flip(torch.cumprod(torch.flip(group, [1]), 1), [1])   # prod over g' >= g
     later = torch.cat((suffix[:, 1:], torch.ones_like(suffix[:, :1])), dim=1)
     del S
-    return plan.I_bg * suffix[:, 0] + (inner * later).sum(dim=1)
+    return plan.I_bg.to(term.dtype) * suffix[:, 0] + (inner * later).sum(dim=1)

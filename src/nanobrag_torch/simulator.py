@@ -80,6 +80,8 @@ class Simulator:
         self.config = config
         self.mode = mode
         self.dtype = DTYPES[dtype]
+        # setup and per-pixel geometry run in float64 whatever the dtype (see kernel.py)
+        self.geometry_dtype = torch.float64
         self.device = resolve_device(device)
         with torch.no_grad():
             self.static = self._setup(None)
@@ -99,7 +101,7 @@ class Simulator:
             setup.plan.cells.shape[0]
         batch = self.config.pixel_batch_size or max(1, EVALS_PER_CHUNK // per_pixel)
         total = setup.pixels_s.numel()
-        omega_sum = torch.zeros((), dtype=self.dtype, device=self.device)
+        omega_sum = torch.zeros((), dtype=self.geometry_dtype, device=self.device)
         values = []
         for start in range(0, total, batch):
             s_idx = setup.pixels_s[start:start + batch]
@@ -118,7 +120,7 @@ class Simulator:
 
     # ------------------------------------------------------------------ setup
     def _setup(self, fixed: Setup | None) -> Setup:
-        cfg, mode, dtype, dev = self.config, self.mode, self.dtype, self.device
+        cfg, mode, dtype, dev = self.config, self.mode, self.geometry_dtype, self.device
         notes = []
         geom = detector_geometry(cfg, mode, dtype, dev)
         vec = geom.vectors
@@ -153,7 +155,7 @@ class Simulator:
         water_m = as_tensor(cfg.background.water_um, dtype, dev) / 1e6
         I_bg = WATER_F * WATER_F * R_E_SQR * fluence * water_m * water_m * water_m * 1e6 * AVOGADRO / WATER_MW
         offsets = torch.arange(thicksteps, dtype=dtype, device=dev) * as_tensor(thickstep, dtype, dev)
-        fgrid = FGrid.from_config(cfg.crystal.hkl, cfg.crystal.default_F, dtype, dev)
+        fgrid = FGrid.from_config(cfg.crystal.hkl, cfg.crystal.default_F, self.dtype, dev)
         dmin = cfg.dmin_A * 1e-10 if not isinstance(cfg.dmin_A, torch.Tensor) else \
             as_tensor(cfg.dmin_A, dtype, dev) * 1e-10
         plan = KernelPlan(
@@ -166,7 +168,8 @@ class Simulator:
             scale=R_E_SQR * fluence, steps=steps, dmin=dmin, nopolar=cfg.beam.nopolar,
             kahn=as_tensor(cfg.beam.polarization, dtype, dev), polar_axis=vec.polar,
             oversample_thick=cfg.oversample_thick, oversample_polar=cfg.oversample_polar,
-            oversample_omega=cfg.oversample_omega, lattice_on_fraction=(mode == "spec"))
+            oversample_omega=cfg.oversample_omega,
+            lattice_on_fraction=(mode == "spec" or self.dtype != torch.float64), dtype=self.dtype)
         if fixed is None:
             pixels_s, pixels_f, roi = self._rendered_pixels(geom)
         else:

@@ -340,10 +340,11 @@ def _beamsize(st, vals):
 
 
 def _example_only(instead):
-    def act(st, vals):
-        raise FlagError(f"{st.flag} is not a nanoBragg flag (it appears only in "
+    """A reader that rejects the flags the spec's examples use but nanoBragg lacks."""
+    def reader(flag, name, argv, i):
+        raise FlagError(f"{name} is not a nanoBragg flag (it appears only in "
                         f"examples); use {instead}")
-    return act
+    return reader
 
 
 def _read_fixed(flag: Flag, name: str, argv: Sequence[str], i: int):
@@ -363,7 +364,7 @@ def _needs(name, flag, argv, j, what=None):
     if flag.metavar:
         what += f" ({flag.metavar})"
     msg = f"flag {name} needs {what}"
-    if j < len(argv):
+    if j < len(argv) and argv[j] in _BY_NAME:
         msg += f", got flag {argv[j]!r}"
     return msg
 
@@ -384,12 +385,9 @@ def _read_cell(flag, name, argv, i):
 def _read_misset(flag, name, argv, i):
     if i < len(argv) and argv[i].lower() == "random":
         return ["random"], i + 1
-    try:
-        return _read_fixed(flag, name, argv, i)
-    except FlagError as err:
-        if "needs" in str(err):
-            raise FlagError(_needs(name, flag, argv, i, "3 values") + " or 'random'") from None
-        raise
+    if i + 3 > len(argv) or any(t in _BY_NAME for t in argv[i:i + 3]):
+        raise FlagError(f"flag {name} needs 3 values (RX RY RZ) or 'random'")
+    return _read_fixed(flag, name, argv, i)
 
 
 def _g(group, rows):
@@ -402,20 +400,20 @@ C, D, B, S, O = "crystal.", "detector.", "beam.", "sim.", "output."
 FLAGS: List[Flag] = (
     _g("Crystal and structure factors", [
         ("-hkl", "FILE", (FILE,), _remember("hkl"),
-         "text file of h k l F (P1); without it Fdump.bin is read if present"),
+         "h k l F text file (P1); without it Fdump.bin is read if present"),
         ("-dump", "FILE", (FILE,), _set(C + "dump_file"),
          "structure-factor cache file (default Fdump.bin)"),
         ("-default_F", "F", (NUM,), _set(C + "default_F"),
          "F for reflections not in the -hkl file (default 0)"),
         ("-mat", "FILE", (FILE,), _remember("mat"),
-         "MOSFLM-style orientation matrix (reciprocal vectors x wavelength)"),
+         "MOSFLM orientation matrix (reciprocal axes x wavelength)"),
         ("-cell", "A B C AL BE GA", (NONNEG,) * 6, _cell,
          "unit cell (Angstrom, deg); b, c default to a, angles to 90",
          dict(reader=_read_cell)),
         ("-misset", "RX RY RZ|random", (NUM, NUM, NUM), _misset,
-         "crystal rotation about x, y, z (deg) applied to the cell, or 'random'",
+         "crystal rotations about x, y, z (deg), or 'random'",
          dict(reader=_read_misset)),
-        ("-misset_seed", "N", (INT,), _misset_seed,
+        ("-misset_seed", "N", (NONNEG_INT,), _misset_seed,
          "random-number seed for -misset random (default: time)"),
         ("-N", "N", (NONNEG_INT,), _set(C + "n_cells[0]", C + "n_cells[1]", C + "n_cells[2]",
                                         cast=float),
@@ -445,7 +443,7 @@ FLAGS: List[Flag] = (
         ("-mosaic_domains -mosaic_dom", "N", (NONNEG_INT,),
          _set(C + "mosaic_domains", cast=_none_if_le0),
          "number of mosaic domains (default 10 with a spread; 0 = auto)"),
-        ("-mosaic_seed", "N", (INT,), _set(C + "mosaic_seed"),
+        ("-mosaic_seed", "N", (NONNEG_INT,), _set(C + "mosaic_seed"),
          "random-number seed for the mosaic domains (default 12345678)"),
         ("-phi", "DEG", (NUM,), _set(C + "phi_deg"), "starting spindle angle (deg)"),
         ("-osc", "DEG", (NONNEG,), _set(C + "osc_deg"), "oscillation range (deg)"),
@@ -455,7 +453,7 @@ FLAGS: List[Flag] = (
         ("-spindle_axis", "X Y Z", (NUM,) * 3, _vector(C + "spindle_axis"),
          "right-handed phi rotation axis (selects the CUSTOM convention)"),
         ("-interpolate", "", (), _const(C + "interpolate", True),
-         "tricubic interpolation of F between Bragg peaks (default: if any N <= 2)"),
+         "interpolate F between Bragg peaks (default: if any N <= 2)"),
         ("-nointerpolate", "", (), _const(C + "interpolate", False),
          "no interpolation of structure factors"),
     ])
@@ -497,7 +495,7 @@ FLAGS: List[Flag] = (
         ("-sdet_vector", "X Y Z", (NUM,) * 3, _vector(D + "sdet_vector"),
          "slow detector axis (CUSTOM)"),
         ("-odet_vector", "X Y Z", (NUM,) * 3, _vector(D + "odet_vector", zero_ok=True),
-         "detector normal (CUSTOM; not of length 1: made from fast x slow)"),
+         "detector normal (CUSTOM; length != 1: fast x slow)"),
         ("-twotheta_axis", "X Y Z", (NUM,) * 3, _twotheta_axis,
          "detector two-theta swing axis (CUSTOM)"),
         ("-pix0_vector", "X Y Z", (NUM,) * 3, _vector(D + "pix0_vector_m", zero_ok=True),
@@ -515,9 +513,9 @@ FLAGS: List[Flag] = (
         ("-detector_thicksteps -thicksteps", "N", (NONNEG_INT,),
          _set(D + "thicksteps", cast=_none_if_le0), "number of sensor layers (0 = auto)"),
         ("-detector_abs -detector_absorb", "UM|inf", (ABSORB,), _detector_abs,
-         "sensor attenuation depth (um); inf or 0: no absorption and zero thickness"),
+         "sensor attenuation depth (um); inf or 0: off, thickness 0"),
         ("-roi", "XMIN XMAX YMIN YMAX", (NONNEG_INT,) * 4, _roi,
-         "render only these pixels (fast min max, slow min max; inclusive)"),
+         "render only these pixels (inclusive; fast, then slow)"),
         ("-img", "FILE", (FILE,), _nothing, "take detector and beam values from an SMV header"),
         ("-mask", "FILE", (FILE,), _nothing, "SMV image: pixels that are 0 are not rendered"),
     ])
@@ -555,7 +553,7 @@ FLAGS: List[Flag] = (
         ("-flux", "PH/S", (NONNEG,), _set(B + "flux"), "photons per second (with -exposure and -beamsize)"),
         ("-exposure", "S", (NONNEG,), _set(B + "exposure_s"), "exposure time (s, default 1)"),
         ("-beamsize", "MM", (NUM,), _beamsize,
-         "beam size (mm, default 0.1); also clips the crystal; < 0: no limit"),
+         "beam size (mm, default 0.1), clips the crystal; < 0: none"),
     ])
     + _g("Sampling and background", [
         ("-oversample", "N", (INT,), _oversample, "sub-pixels per pixel edge (<= 0: auto)"),
@@ -593,7 +591,7 @@ FLAGS: List[Flag] = (
         ("-pgmscale", "X", (NUM,), _all(_set(O + "pgmscale"), _const(O + "write_pgm", True)),
          "scale of the PGM image (<= 0: auto)"),
         ("-adc", "COUNTS", (NUM,), _set(O + "adc"), "offset added to image pixels (default 40)"),
-        ("-seed", "N", (INT,), _set(O + "seed"), "noise random-number seed (default: time)"),
+        ("-seed", "N", (NONNEG_INT,), _set(O + "seed"), "noise random-number seed (default: time)"),
         ("-printout", "", (), _const(O + "printout", True), "print per-pixel details"),
         ("-printout_pixel", "F S", (NONNEG_INT,) * 2, _printout_pixel,
          "print details for this pixel only (fast, slow)"),
@@ -602,7 +600,7 @@ FLAGS: List[Flag] = (
     ])
     + _g("Port-only", [
         ("-mode", "spec|c-parity", (_choice("spec", "c-parity"),), _set(S + "mode"),
-         "spec (default): corrected behaviour; c-parity: reproduce nanoBragg.c's quirks"),
+         "spec (default): corrected; c-parity: nanoBragg.c's quirks too"),
         ("-dtype", "float32|float64", (_choice("float32", "float64"),), _set(S + "dtype"),
          "floating-point precision (default float64)"),
         ("-device", "cpu|cuda|auto", (_choice("cpu", "cuda", "auto", pattern=r"cuda:\d+"),),
@@ -614,12 +612,12 @@ FLAGS: List[Flag] = (
         ("-debug", "", (), _nothing, "show Python tracebacks", dict(hidden=True)),
     ])
     + _g("Not supported", [
-        ("-dispstep", "", (), _example_only("-dispsteps N (count) or -dispersion PCT (range)"), "",
-         dict(hidden=True)),
-        ("-hdiv", "", (), _example_only("-hdivrange MRAD, -hdivstep MRAD or -hdivsteps N"), "",
-         dict(hidden=True)),
-        ("-vdiv", "", (), _example_only("-vdivrange MRAD, -vdivstep MRAD or -vdivsteps N"), "",
-         dict(hidden=True)),
+        ("-dispstep", "", (), _nothing, "", dict(hidden=True, reader=_example_only(
+            "-dispsteps N (count) or -dispersion PCT (range)"))),
+        ("-hdiv", "", (), _nothing, "", dict(hidden=True, reader=_example_only(
+            "-hdivrange MRAD, -hdivstep MRAD or -hdivsteps N"))),
+        ("-vdiv", "", (), _nothing, "", dict(hidden=True, reader=_example_only(
+            "-vdivrange MRAD, -vdivstep MRAD or -vdivsteps N"))),
     ])
 )
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .beam import _outside_ellipse as _trimmed
 from .units import RTD
 from .vec import cross, dot, magnitude
 
@@ -54,6 +55,11 @@ def print_setup(sim, out) -> None:
                                               float(lat.c_star[i])))
     N = [float(x) for x in lat.n_cells]
     say(out, f"crystal is {la * 1e-4 * N[0]:g} x {lb * 1e-4 * N[1]:g} x {lc * 1e-4 * N[2]:g} microns")
+    print_oversample_and_mw(s, cfg, g, la, lb, lc, N, out)
+    print_sources_and_rest(sim, out)
+
+
+def print_oversample_and_mw(s, cfg, g, la, lb, lc, N, out):
     if cfg.oversample is None or cfg.oversample <= 0:
         say(out, f"auto-selected {s.oversample}-fold oversampling")
     if s.oversample < s.recommended_oversample:
@@ -63,6 +69,16 @@ def print_setup(sim, out) -> None:
                  f"{float(cfg.beam.wavelength_A) * float(g.distance) / g.pixel_size_m:g} A")
         say(out, "         intensity may vary significantly across a pixel!")
         say(out, f"         recommend -oversample {s.recommended_oversample} to work around this")
+    # the C's rough molecular weight: crystal volume * 1.2 g/cm^3 per unit cell
+    volume = (la * 1e-10 * N[0]) * (lb * 1e-10 * N[1]) * (lc * 1e-10 * N[2])
+    say(out, f"approximate MW = {volume * 1.2e6 * 6.02214179e23 / (N[0] * N[1] * N[2]):g}")
+
+
+def print_sources_and_rest(sim, out):
+    s = sim.static
+    cfg = sim.config
+    g = s.geom
+    N = [float(x) for x in s.lattice.n_cells]
     for note in s.notes:
         say(out, note)
     if cfg.crystal.hkl is not None and cfg.crystal.hkl_file is None:
@@ -73,6 +89,19 @@ def print_setup(sim, out) -> None:
         phi = float(s.phi.phi0_rad) + float(s.phi.phistep_rad) * i
         say(out, f"phi{i} = {phi * RTD:g}")
     src = s.sources
+    if cfg.beam.sources is None:
+        hn, hr, hs = (float(x) for x in src.hdiv)
+        vn, vr, vs = (float(x) for x in src.vdiv)
+        for ih in range(int(hn)):
+            for iv in range(int(vn)):
+                hdiv, vdiv = hs * ih - hr / 2.0, vs * iv - vr / 2.0
+                if cfg.beam.round_div and _trimmed(hdiv, vdiv, int(hn), int(vn), hr, hs, vr, vs):
+                    continue
+                say(out, f"divergence deviation: {hdiv:g} {vdiv:g}")
+        dn, dr, ds = src.disp
+        lam0 = float(cfg.beam.wavelength_A) / 1e10
+        for j in range(dn):
+            say(out, f"lambda{j} = {lam0 * (1.0 + float(ds) * j - float(dr) / 2.0):.15g}")
     say(out, f"  created a total of {src.incident.shape[0]} sources:")
     w = [1.0 / src.incident.shape[0]] * src.incident.shape[0]
     if cfg.beam.sources is not None:

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import torch
 
-from . import rng
 from .config import SimConfig
 from .errors import ConfigError
 from .units import deg_to_rad
@@ -114,6 +113,7 @@ def crystal_lattice(cfg: SimConfig, mode: str, wavelength_m: torch.Tensor, dtype
     kind, angles = misset_angles(cfg, mode)
     misset_rad = None
     if kind == "random":
+        from . import rng
         seed = cr.misset_seed if cr.misset_seed is not None else int(time.time())
         misset_rad = t(rng.random_misset_rad(seed))
     elif angles is not None:
@@ -246,6 +246,7 @@ def mosaic_umats(domains: int, spread_deg, seed: int, dtype, device) -> torch.Te
     eye = torch.eye(3, dtype=dtype, device=device)
     if domains <= 1:
         return eye[None]
+    from . import rng
     spread_rad = deg_to_rad(as_tensor(spread_deg, dtype, device))
     axes, g, _ = rng.mosaic_domains(domains, 1.0, seed)     # the draws do not depend on the spread
     axes = torch.as_tensor(axes, dtype=dtype, device=device)

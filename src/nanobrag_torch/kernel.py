@@ -165,7 +165,9 @@ def render_pixels(s_idx: torch.Tensor, f_idx: torch.Tensor, plan: KernelPlan) ->
 
     # geometry and Miller indices in float64 whatever the dtype: a float32 h of ~50
     # carries 4e-6 of rounding, which the sharp lattice transform magnifies
-    hkl = torch.einsum("ntabsk,rjk->ntabsrj", q, plan.cells)             # (n, T, O, O, S, R, 3)
+    qe = q[..., None, None, :]                                           # (n, T, O, O, S, 1, 1, 3)
+    cells = plan.cells                                                   # (R, 3, 3)
+    hkl = qe[..., 0] * cells[..., 0] + qe[..., 1] * cells[..., 1] + qe[..., 2] * cells[..., 2]
     hkl0 = torch.ceil(hkl - 0.5)
     F_latt = lattice_factor(hkl, (hkl - hkl0).to(plan.dtype), plan)
     evaluated = torch.ones_like(F_latt, dtype=torch.bool)

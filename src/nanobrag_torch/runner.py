@@ -101,7 +101,6 @@ def smv_header(sim: Simulator) -> list:
 def run(cfg: SimConfig, out=None) -> int:
     """Run the simulation described by cfg as the CLI does; returns the exit status."""
     from . import io
-    from . import noise as noise_mod
     out = out or sys.stdout
     dtype = torch.float32 if cfg.dtype == "float32" else torch.float64
     for note in cfg.notes:
@@ -154,6 +153,7 @@ def run(cfg: SimConfig, out=None) -> int:
         print(f"writing {o.pgmfile} as 1-byte integers", file=out)
         io.write_pgm(o.pgmfile, pgm_image(img32, roi_mask, pscale), pscale)
     if o.write_noise:
+        from . import noise as noise_mod
         seed = o.seed if o.seed is not None else int(time.time())
         if cfg.mode == "c-parity":
             noisy, photons, overloads = noise_mod.c_noise_image(img32, seed, setup.roi, o.adc)

@@ -262,18 +262,42 @@ def phi_angles(plan: PhiPlan, dtype, device) -> torch.Tensor:
     return as_tensor(plan.phi0_rad, dtype, device) + as_tensor(plan.phistep_rad, dtype, device) * tics
 
 
+def carried_phi_steps(phi_values: list[float], first_loop: bool) -> list[int]:
+    """C-PARITY-001 (SPEC 8.2): which phi step's rotation the C actually uses at each step.
+
+    The C rotates only where phi != 0 exactly and otherwise keeps the cell it
+    computed last: the previous nonzero step of this phi loop, or (except in
+    the run's very first loop) of the previous loop, i.e. cyclically; -1 means
+    the unrotated cell. Static: decided on the phi values.
+    """
+    steps = len(phi_values)
+    used = []
+    for i, phi in enumerate(phi_values):
+        if phi != 0.0:
+            used.append(i)
+            continue
+        source = -1
+        candidates = range(i - 1, -1, -1) if first_loop else [(i - k) % steps for k in range(1, steps)]
+        for j in candidates:
+            if phi_values[j] != 0.0:
+                source = j
+                break
+        used.append(source)
+    return used
+
+
 def rotated_cells(lat: Lattice, spindle: torch.Tensor, phis: torch.Tensor, umats: torch.Tensor,
-                  carry_over: bool = False) -> torch.Tensor:
+                  phi_steps_used: list[int] | None = None) -> torch.Tensor:
     """(P, M, 3, 3) real-space axes (rows a, b, c; metres) for every phi step and mosaic domain.
 
-    Spec mode: each step is a fresh rotation of the phi=0 cell about the
-    spindle. carry_over=True is the C's C-PARITY-001 (SPEC 8.2) for steps other
-    than the run's very first evaluation: where phi == 0 exactly the C does not
-    rotate and keeps the previous step's cell (cyclically, the last step's).
+    Each step is a fresh rotation of the phi=0 cell about the spindle (spec
+    mode). phi_steps_used (from carried_phi_steps) substitutes along the phi
+    axis the rotation the C really uses (c-parity).
     """
     abc0 = torch.stack((lat.a, lat.b, lat.c))                       # (3 axes, 3)
     abcp = rotate_axis(abc0[None], spindle, phis[:, None])           # (P, 3, 3)
-    if carry_over:
-        prev = torch.roll(abcp, 1, dims=0)
-        abcp = torch.where((phis == 0)[:, None, None], prev, abcp)
+    if phi_steps_used is not None:
+        with_unrotated = torch.cat((abcp, abc0[None]), dim=0)        # index -1: unrotated
+        index = torch.tensor([len(phis) if j < 0 else j for j in phi_steps_used], device=abcp.device)
+        abcp = with_unrotated.index_select(0, index)
     return rotate_umat(abcp[:, None, :, :], umats[None, :, None, :, :])

@@ -35,6 +35,7 @@ class KernelPlan:
     wavelength: torch.Tensor          # (S,) m
     source_weight: torch.Tensor | None   # (S,) factors (mean 1) or None
     cells: torch.Tensor               # (R, 3, 3) rows a, b, c (m)
+    cells_first: torch.Tensor | None  # c-parity: the cells of the run's very first phi loop
     reciprocal: torch.Tensor          # (3, 3) rows a*, b*, c* (1/A) for gauss/tophat
     n_cells: torch.Tensor             # (3,)
     shape: str
@@ -55,6 +56,7 @@ class KernelPlan:
     lattice_on_fraction: bool = True  # sincg on h - h0 (spec) or on h (the C's form)
     dtype: torch.dtype = torch.float64   # dtype of the lattice/structure-factor arithmetic
     interp_state: dict = field(default_factory=lambda: {"active": True, "warning": None})
+    first_evaluation_done: bool = False
 
 
 def sincg(x: torch.Tensor, N: torch.Tensor, tiny: float) -> torch.Tensor:
@@ -128,6 +130,27 @@ def structure_factor(hkl, hkl0, evaluated, plan: KernelPlan) -> torch.Tensor:
     return F_tri
 
 
+def miller_indices(q: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+    """h, k, l = a.q, b.q, c.q for every cell: q (..., 3), cells (R, 3, 3) -> (..., R, 3)."""
+    qe = q[..., None, None, :]
+    return qe[..., 0] * cells[..., 0] + qe[..., 1] * cells[..., 1] + qe[..., 2] * cells[..., 2]
+
+
+def _first_phi_loop(hkl, q, culled, plan: KernelPlan) -> torch.Tensor:
+    """C-PARITY-001: the run's first phi loop (first rendered pixel, layer, subpixel and
+    unculled source) starts from the unrotated cell; swap its Miller indices in."""
+    groups = torch.ones(q.shape[:-1], dtype=torch.bool, device=q.device)
+    if culled is not None:
+        groups = ~culled
+    flat = groups.reshape(-1)
+    if not bool(flat.any()):
+        return hkl
+    plan.first_evaluation_done = True
+    first = torch.arange(flat.numel(), device=q.device) == torch.argmax(flat.to(torch.int8))
+    first = first.reshape(groups.shape)[..., None, None]
+    return torch.where(first, miller_indices(q, plan.cells_first), hkl)
+
+
 @dataclass
 class ChunkResult:
     value: torch.Tensor       # (n,) pixel values before float32 rounding
@@ -165,9 +188,9 @@ def render_pixels(s_idx: torch.Tensor, f_idx: torch.Tensor, plan: KernelPlan) ->
 
     # geometry and Miller indices in float64 whatever the dtype: a float32 h of ~50
     # carries 4e-6 of rounding, which the sharp lattice transform magnifies
-    qe = q[..., None, None, :]                                           # (n, T, O, O, S, 1, 1, 3)
-    cells = plan.cells                                                   # (R, 3, 3)
-    hkl = qe[..., 0] * cells[..., 0] + qe[..., 1] * cells[..., 1] + qe[..., 2] * cells[..., 2]
+    hkl = miller_indices(q, plan.cells)                                 # (n, T, O, O, S, R, 3)
+    if plan.cells_first is not None and not plan.first_evaluation_done:
+        hkl = _first_phi_loop(hkl, q, culled, plan)
     hkl0 = torch.ceil(hkl - 0.5)
     F_latt = lattice_factor(hkl, (hkl - hkl0).to(plan.dtype), plan)
     evaluated = torch.ones_like(F_latt, dtype=torch.bool)

@@ -94,6 +94,7 @@ class Simulator:
         setup = self._setup(self.static) if torch.is_grad_enabled() else self.static
         # the C's interpolation switch is global and sticky within one run
         setup.plan.interp_state = {"active": True, "warning": None}
+        setup.plan.first_evaluation_done = False
         self.last_setup = setup
         geom = setup.geom
         image = torch.zeros(geom.spixels * geom.fpixels, dtype=self.dtype, device=self.device)
@@ -135,7 +136,18 @@ class Simulator:
         notes += mos_notes
         umats = crystal_mod.mosaic_umats(domains, spread, cfg.crystal.mosaic_seed, dtype, dev)
         phis = crystal_mod.phi_angles(phi, dtype, dev)
-        cells = crystal_mod.rotated_cells(lattice, vec.spindle, phis, umats).reshape(-1, 3, 3)
+        cells_first = None
+        if mode == "c-parity":
+            # C-PARITY-001: where phi == 0 the C reuses the last rotation it computed
+            values = [float(x) for x in phis]
+            carried = crystal_mod.carried_phi_steps(values, first_loop=False)
+            first = crystal_mod.carried_phi_steps(values, first_loop=True)
+            cells = crystal_mod.rotated_cells(lattice, vec.spindle, phis, umats, carried).reshape(-1, 3, 3)
+            if first != carried:
+                cells_first = crystal_mod.rotated_cells(lattice, vec.spindle, phis, umats,
+                                                        first).reshape(-1, 3, 3)
+        else:
+            cells = crystal_mod.rotated_cells(lattice, vec.spindle, phis, umats).reshape(-1, 3, 3)
 
         if fixed is None:
             oversample, recommended = self._oversample(lattice, geom, lambda0)
@@ -161,7 +173,7 @@ class Simulator:
         plan = KernelPlan(
             geom=geom, oversample=oversample, odet_offsets=offsets, thickstep=thickstep, mu=mu,
             thick=float(thick) > 0, incident=sources.incident, wavelength=sources.wavelength,
-            source_weight=weight, cells=cells,
+            source_weight=weight, cells=cells, cells_first=cells_first,
             reciprocal=torch.stack((lattice.a_star, lattice.b_star, lattice.c_star)),
             n_cells=lattice.n_cells, shape=cfg.crystal.shape, fudge=cfg.crystal.fudge, fgrid=fgrid,
             interpolate=interpolate, water=float(cfg.background.water_um) != 0.0, I_bg=I_bg,

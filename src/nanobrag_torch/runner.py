@@ -15,6 +15,7 @@ import torch
 
 from . import console
 from .config import SimConfig
+from .errors import ConfigError
 from .simulator import Simulator, progress_printer
 from .units import RTD
 
@@ -108,8 +109,11 @@ def run(cfg: SimConfig, out=None) -> int:
     sim = Simulator(cfg, mode=cfg.mode, dtype=dtype, device=cfg.device)
     console.print_setup(sim, out)
     if cfg.crystal.hkl_file is not None:
-        console.say(out, f"writing dump file for next time: {cfg.crystal.dump_file}")
-        io.write_fdump(cfg.crystal.dump_file, cfg.crystal.hkl)
+        try:
+            io.write_fdump(cfg.crystal.dump_file, cfg.crystal.hkl)
+            console.say(out, f"writing dump file for next time: {cfg.crystal.dump_file}")
+        except ConfigError:     # as the C: a cache that cannot be written is not fatal
+            console.say(out, f"WARNING: unable to open dump file: {cfg.crystal.dump_file}")
 
     show_progress = cfg.output.progress and not cfg.output.printout
     with torch.no_grad():

@@ -13,6 +13,7 @@ atof("") = 0 fills every remaining column with 0 instead of leaving NaN.
 from __future__ import annotations
 
 import re
+
 import numpy as np
 
 from nanobrag_torch.errors import ConfigError
@@ -28,15 +29,16 @@ _SPLIT = re.compile(r"[ \t,;:!]+")
 
 
 def fgets_chunks(raw: bytes):
-    """(line number, text) pieces as successive fgets(text, 10240) calls return them.
+    """(line number, text, cut) for each piece successive fgets(text, 10240) calls return.
 
-    Text is cut at the first NUL, as the C's string functions see it.
+    Text is cut at the first NUL, as the C's string functions see it; cut is
+    True when fgets split an over-long line there.
     """
     pos, lineno = 0, 1
     while pos < len(raw):
         nl = raw.find(b"\n", pos, pos + FGETS_MAX)
         end = nl + 1 if nl >= 0 else min(pos + FGETS_MAX, len(raw))
-        yield lineno, raw[pos:end].split(b"\0", 1)[0].decode("latin-1"), end - pos == FGETS_MAX
+        yield lineno, raw[pos:end].split(b"\0", 1)[0].decode("latin-1"), nl < 0 and end < len(raw)
         lineno += nl >= 0
         pos = end
 
@@ -76,8 +78,8 @@ def check_row(path, lineno: int, text: str, nargs: int, what: str) -> None:
         raise ConfigError(f"{where}: comment lines are not allowed in a {what}: the C would read "
                           f"them as a source at the origin with wavelength 0")
     if not tokens:
-        raise ConfigError(f"{where}: line without numbers ('{show(text)}'): the C would read "
-                          f"it as a row of zeros")
+        raise ConfigError(f"{where}: line without numbers (only delimiters or a carriage "
+                          f"return): the C would read it as a row of zeros")
     bad = next((t for t in tokens if not is_c_number(t)), None)
     if bad is not None:
         raise ConfigError(f"{where}: expected numbers, got '{show(bad)}' in '{show(content)}'")

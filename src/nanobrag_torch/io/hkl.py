@@ -7,6 +7,7 @@ allocates one extra zero slab past the maximum index on every axis.
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 
@@ -46,8 +47,12 @@ def read_hkl_with_messages(path, default_F: float = 0.0,
     Messages: "WARNING: non-integer value for h (%g) at line %d" with the C's
     0-based entry counter as "line".
     """
+    default_F = float(default_F)        # may arrive as a 0-d tensor
     raw = read_bytes(path)
-    if strict:
+    fast = _fast_parse(raw, strict)
+    if fast is not None:
+        entries, stored = fast
+    elif strict:
         entries = _parse_strict(path, raw)
         stored = entries.copy()
         stored[:, :3] = np.trunc(stored[:, :3])      # the C's "%d" keeps the integer part
@@ -68,6 +73,39 @@ def read_hkl_with_messages(path, default_F: float = 0.0,
     hkl = HKLData(F=F, h_min=h_min, h_max=h_max, k_min=k_min, k_max=k_max,
                   l_min=l_min, l_max=l_max, hkls=len(entries), source=str(path))
     return hkl, messages
+
+
+# A plain decimal number (the usual content of an HKL file).
+_PLAIN_NUMBER = re.compile(rb"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_PLAIN_INT = re.compile(rb"[+-]?[0-9]{1,9}")
+
+
+def _fast_parse(raw: bytes, strict: bool):
+    """(entries, stored) for a well-formed file of plain numbers, else None (use the slow path).
+
+    Same results as the general parsers, which also produce the error messages.
+    """
+    tokens = raw.split()
+    if not all(_PLAIN_NUMBER.fullmatch(t) for t in tokens):
+        return None
+    values = np.array([float(t) for t in tokens], dtype=np.float64)
+    if strict:
+        counts = {len(line.split()) for line in raw.split(b"\n")} - {0}
+        if len(counts) != 1 or not 4 <= min(counts) <= 6:
+            return None
+        entries = values.reshape(-1, counts.pop())[:, :4]
+        stored = entries.copy()
+        stored[:, :3] = np.trunc(stored[:, :3])
+        return entries, stored
+    # C: "%lg"x4 takes the numbers 4 at a time; when every h, k, l is a plain
+    # integer "%d%d%d%lg" reads the same entries. Otherwise the exact scanner
+    # decides ("1.5" as h reads 1 then fails at ".5"; "3.0" as l reads 3 and
+    # then ".0" as F, misaligning the rest).
+    n = len(tokens) // 4
+    if not all(_PLAIN_INT.fullmatch(t) for row in range(n) for t in tokens[4 * row:4 * row + 3]):
+        return None
+    entries = values[:4 * n].reshape(n, 4)
+    return entries, entries.copy()
 
 
 def _parse_strict(path, raw: bytes) -> np.ndarray:
@@ -212,7 +250,8 @@ def read_fdump(path, c_quirk: bool = False) -> HKLData:
     c_quirk=False: the header must be followed by exactly "\\n\\f".
     c_quirk=True: like the C's fscanf("%d%d%d%d%d%d\\n\\f"), whose "\\n" and
     "\\f" directives skip ANY run of whitespace: a first double starting with
-    a byte 0x09-0x0D or 0x20 loses it and the whole grid is read shifted.
+    a byte 0x09-0x0D or 0x20 loses it and the whole grid is read shifted
+    (the missing final byte(s) read as 0, as the C's partial fread into calloc'd memory).
     hkls = h_range * k_range * l_range (the C's count; only != 0 matters).
     """
     raw = read_bytes(path)
@@ -224,8 +263,10 @@ def read_fdump(path, c_quirk: bool = False) -> HKLData:
                               f"h_min h_max k_min k_max l_min l_max)")
         bounds.append(got[0])
         pos = got[1]
+    swallowed = 0
     if c_quirk:
-        pos = skip_space(raw, pos)
+        start, pos = pos, skip_space(raw, pos)
+        swallowed = max(0, pos - start - 2)     # bytes of the first double eaten
     elif raw[pos:pos + 2] == b"\n\f":
         pos += 2
     else:
@@ -237,9 +278,13 @@ def read_fdump(path, c_quirk: bool = False) -> HKLData:
                           f"(h {h_min}..{h_max}, k {k_min}..{k_max}, l {l_min}..{l_max})")
     shape = _grid_shape(path, ranges, bounds)
     count = math.prod(shape)
-    if len(raw) - pos < 8 * count:
-        raise ConfigError(f"{path}: Fdump file too short: {len(raw) - pos} data bytes, "
+    data = raw[pos:]
+    if 0 < 8 * count - len(data) <= swallowed:
+        # the C's fread then fills the last value partly, over calloc'd zeros
+        data += bytes(8 * count - len(data))
+    if len(data) < 8 * count:
+        raise ConfigError(f"{path}: Fdump file too short: {len(data)} data bytes, "
                           f"need {8 * count} for a {shape[0]} x {shape[1]} x {shape[2]} grid")
-    F = np.frombuffer(raw, dtype="<f8", count=count, offset=pos).astype(np.float64).reshape(shape)
+    F = np.frombuffer(data, dtype="<f8", count=count).astype(np.float64).reshape(shape)
     return HKLData(F=F, h_min=h_min, h_max=h_max, k_min=k_min, k_max=k_max, l_min=l_min,
                    l_max=l_max, hkls=ranges[0] * ranges[1] * ranges[2], source=str(path))

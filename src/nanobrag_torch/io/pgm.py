@@ -29,7 +29,8 @@ def write_pgm(path, data: np.ndarray, scale: float) -> None:
     atomic_write(path, [pgm_header(width, height, scale), np.ascontiguousarray(arr).tobytes()])
 
 
-_TOKEN = re.compile(rb"(?:[ \t\n\v\f\r]+|#[^\n]*\n?)*([0-9]+)")
+# whitespace and whole-line comments, then a number (one way to match: no backtracking blow-up)
+_TOKEN = re.compile(rb"(?:[ \t\n\v\f\r]|#[^\n]*(?:\n|\Z))*([0-9]+)")
 
 
 def read_pgm(path) -> np.ndarray:

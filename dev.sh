@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Developer entry points: ./dev.sh demo | test | setup
+#   setup: create .venv with the CPU build of PyTorch and the package (editable) with test extras
+#   demo:  setup, then render a demo image into demo_out/ (float, SMV, noise SMV and PGM files)
+#   test:  setup, then run the test suite (includes the nanoBragg.c parity corpus in ../shared/golden)
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+
+setup() {
+    if [ ! -x .venv/bin/python ]; then
+        "$PY" -m venv .venv
+    fi
+    # pin the CPU build: a bare "torch" requirement would pull a multi-GB CUDA build
+    .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+}
+
+case "${1:-}" in
+    setup)
+        setup ;;
+    demo)
+        setup
+        mkdir -p demo_out
+        .venv/bin/nanobrag-torch -cell 70 80 90 75 85 95 -misset 10 20 30 -default_F 100 -N 10 \
+            -lambda 1.0 -distance 100 -pixel 0.1 -detpixels 512 -water 100 -seed 1 \
+            -floatfile demo_out/float.bin -intfile demo_out/image.img \
+            -noisefile demo_out/noise.img -pgmfile demo_out/image.pgm
+        ls -l demo_out ;;
+    test)
+        setup
+        shift
+        .venv/bin/python -m pytest -q "$@" ;;
+    *)
+        echo "usage: ./dev.sh demo | test [pytest args] | setup" >&2
+        exit 2 ;;
+esac

@@ -72,12 +72,19 @@ def sincg(x: torch.Tensor, N: torch.Tensor, tiny: float) -> torch.Tensor:
     return torch.where(small, taylor, exact)
 
 
-def sinc3(x2: torch.Tensor, tiny: float) -> torch.Tensor:
-    """3 (sin x / x - cos x) / x^2 of x = sqrt(x2), 1 at x = 0 (sphere transform)."""
-    small = x2 < tiny
+def sinc3(x2: torch.Tensor, c_form: bool = False) -> torch.Tensor:
+    """3 (sin x / x - cos x) / x^2 of x = sqrt(x2), 1 at x = 0 (sphere transform).
+
+    The closed form cancels catastrophically for small x (its error is about
+    1e-16/x^2), so below x^2 = 1e-3 the series 1 - x^2/10 + x^4/280 - x^6/15120
+    is used (next term x^8/1330560: below rounding there). c_form keeps the
+    C's closed form everywhere but at 0 (c-parity).
+    """
+    small = x2 <= (0.0 if c_form else 1e-3)
     x = torch.sqrt(torch.where(small, torch.ones_like(x2), x2))
     exact = 3.0 * (torch.sin(x) / x - torch.cos(x)) / (x * x)
-    return torch.where(small, 1.0 - x2 / 10.0, exact)
+    series = 1.0 - x2 * (1.0 / 10.0 - x2 * (1.0 / 280.0 - x2 / 15120.0))
+    return torch.where(small, series, exact)
 
 
 def lattice_factor(hkl: torch.Tensor, frac: torch.Tensor, plan: KernelPlan) -> torch.Tensor:
@@ -96,8 +103,10 @@ def lattice_factor(hkl: torch.Tensor, frac: torch.Tensor, plan: KernelPlan) -> t
     if plan.shape == "round":
         hrad_sqr = (frac[..., 0] * frac[..., 0] * N[0] * N[0] + frac[..., 1] * frac[..., 1] * N[1] * N[1]
                     + frac[..., 2] * frac[..., 2] * N[2] * N[2])
-        return NaNbNc * 0.723601254558268 * sinc3(math.pi * math.pi * hrad_sqr * plan.fudge,
-                                                 1e-14 if f64 else 1e-6)
+        # the C takes sqrt(hrad^2 * fudge) and multiplies by pi: pass x^2 so that the
+        # series near the node needs no square root
+        x2 = math.pi * math.pi * (hrad_sqr * plan.fudge)
+        return NaNbNc * 0.723601254558268 * sinc3(x2, c_form=not plan.lattice_on_fraction)
     rs = plan.reciprocal.to(frac.dtype)
     d = (frac[..., 0, None] * rs[0] + frac[..., 1, None] * rs[1] + frac[..., 2, None] * rs[2])
     rad_star_sqr = dot(d, d) * N[0] * N[0] * N[1] * N[1] * N[2] * N[2]

@@ -1,0 +1,581 @@
+"""-trace_pixel S F: one pixel's intermediate values, under the instrumented C's names.
+
+The instrumented nanoBragg.c used for the parity corpus prints ``TRACE_C:`` /
+``TRACE:`` lines (``cases/<id>/trace_s<S>_f<F>.txt``); this module prints the
+same names in the same line formats and order, so ``diff`` against a corpus
+trace stops at the first value that diverges:
+
+1. detector setup (``TRACE_C:name=...``, the C's pivot branch),
+2. crystal setup (``TRACE:`` lines, ``%g``),
+3. ``TRACE_CONFIG: tracing pixel (spixel=S, fpixel=F)``,
+4. one block per detector layer and subpixel (C loop order: layer, slow, fast
+   subpixel), for the first source, the first mosaic domain and phi step 0,
+   plus one ``TRACE_C_PHI`` line per phi step (domain 0),
+5. the pixel's final scalars (I_before_scaling ... floatimage_accumulated).
+
+The values come from the package's own functions (pixel_positions,
+miller_indices, lattice_factor, structure_factor, polarization_factor, the
+kernel's reductions) evaluated on the traced pixel alone, with the run-wide
+C-parity state (sticky interpolation switch, the run's first phi loop) as it
+stood when the simulator reached that pixel. The final value is the
+simulator's own (render_pixels on that pixel), so ``floatimage_accumulated``
+is the float image's pixel.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+
+import torch
+
+from .crystal import _rescale, reciprocal_from_cell
+from .detector import pixel_positions
+from .kernel import (_first_phi_loop, _held_polar, _positive, _running_product_sum, lattice_factor,
+                     miller_indices, render_pixels, structure_factor)
+from .beam import polarization_factor
+from .units import R_E_SQR, RTD, deg_to_rad
+from .vec import as_tensor, cross, dot, magnitude, rotate_xyz
+
+EVALS_PER_CHUNK = 1 << 20
+
+# how each convention turns the user's beam centre into (Fbeam, Sbeam) (SPEC 1.5, step 3)
+_MAPPING = {
+    "MOSFLM": "Fbeam←Ybeam_mm(+0.5px),Sbeam←Xbeam_mm(+0.5px)",
+    "DENZO": "Fbeam←Ybeam_mm,Sbeam←Xbeam_mm",
+    "ADXV": "Fbeam←Xbeam_mm,Sbeam←detsize_s-Ybeam_mm",
+    "XDS": "Fbeam←Xbeam_mm,Sbeam←Ybeam_mm",
+    "DIALS": "Fbeam←Xbeam_mm,Sbeam←Ybeam_mm",
+    "CUSTOM": "Fbeam←Xbeam_mm,Sbeam←Ybeam_mm",
+}
+
+
+# ----------------------------------------------------------------- formatting
+def _f(x) -> float:
+    return float(x)
+
+
+def _g15(*xs) -> str:
+    """C printf("%.15g") of each value, space separated."""
+    return " ".join("%.15g" % _f(x) for x in xs)
+
+
+def _g(*xs, sep=", ") -> str:
+    return sep.join("%g" % _f(x) for x in xs)
+
+
+def _vec(v) -> list:
+    return [_f(x) for x in v]
+
+
+# ---------------------------------------------------------------- entry point
+def trace_pixel(sim, s: int, f: int, out=None) -> None:
+    """Print the trace of pixel (slow s, fast f) of the simulator's last run to out."""
+    out = out or sys.stdout
+    setup = sim.last_setup
+    geom = setup.geom
+    say = lambda text: print(text, file=out)  # noqa: E731
+    if not (0 <= s < geom.spixels and 0 <= f < geom.fpixels):
+        say(f"TRACE_CONFIG: pixel (spixel={s}, fpixel={f}) is outside the detector "
+            f"(fast 0..{geom.fpixels - 1}, slow 0..{geom.spixels - 1}): nothing to trace")
+        return
+    with torch.no_grad():
+        _trace_detector(sim, setup, say)
+        _trace_crystal(sim, setup, say)
+        say(f"TRACE_CONFIG: tracing pixel (spixel={s}, fpixel={f})")
+        rank = _raster_rank(setup, s, f)
+        if rank is None:
+            # the C skips such pixels before its trace statements: it prints nothing more
+            say(f"TRACE_CONFIG: pixel (spixel={s}, fpixel={f}) is not rendered (outside -roi or "
+                "masked): its value stays 0")
+            return
+        plan = _plan_at(setup, rank)
+        ev = _evaluate(plan, s, f)
+        _trace_blocks(setup, plan, ev, say)
+        _trace_final(sim, setup, plan, ev, say)
+
+
+# ------------------------------------------------------------ detector setup
+def _trace_detector(sim, setup, say) -> None:
+    """The instrumented C's detector lines, in the order of its pivot branch."""
+    cfg, g = sim.config, setup.geom
+    vec = g.vectors
+    dtype, dev = g.pix0.dtype, g.pix0.device
+    rot = as_tensor(cfg.detector.rotation_deg, dtype, dev)
+    rx, ry, rz = deg_to_rad(rot[0]), deg_to_rad(rot[1]), deg_to_rad(rot[2])
+    px = g.pixel_size_m
+    tv = lambda tag, v: say(f"TRACE_C:{tag}={_g15(*_vec(v))}")  # noqa: E731
+    ts = lambda tag, x: say(f"TRACE_C:{tag}={_g15(x)}")  # noqa: E731
+    rotated = [rotate_xyz(v, rx, ry, rz) for v in (vec.fdet, vec.sdet, vec.odet)]
+    # ratio and distance as the detector computes them before placing pix0 (SPEC 1.6 steps 1-2)
+    ratio = _f(dot(g.beam, rotated[2]))
+    ratio = ratio if ratio != 0.0 else 2.2250738585072014e-308
+
+    def after_rotations():
+        tv("fdet_after_rotz", rotated[0])
+        tv("sdet_after_rotz", rotated[1])
+        tv("odet_after_rotz", rotated[2])
+        tv("twotheta_axis", g.twotheta_axis)
+        tv("fdet_after_twotheta", g.fdet)
+        tv("sdet_after_twotheta", g.sdet)
+        tv("odet_after_twotheta", g.odet)
+
+    def header(x_label, x, y_label, y):
+        say(f"TRACE_C:detector_convention={g.convention}")
+        say(f"TRACE_C:angles_rad=rotx:{_g15(rx)} roty:{_g15(ry)} rotz:{_g15(rz)} "
+            f"twotheta:{_g15(g.twotheta_rad)}")
+        # C-LOGGING-BUG-001: the C divides the (metre) beam centre by 1000 once more; the
+        # value is reproduced so that a diff against a C trace stays quiet here
+        say(f"TRACE_C:beam_center_m={x_label}:{_g15(_f(x) / 1000.0)} {y_label}:{_g15(_f(y) / 1000.0)} "
+            f"pixel_mm:{_g15(px * 1000.0)}")
+        # (the C's beam-pivot branch prints MOSFLM and MOSFLM's initial vectors whatever the
+        # convention; these are the run's own)
+        tv("initial_fdet", vec.fdet)
+        tv("initial_sdet", vec.sdet)
+        tv("initial_odet", vec.odet)
+
+    if g.pivot == "SAMPLE":
+        header("Xclose", g.Xclose, "Yclose", g.Yclose)
+        # near point after the detector is placed (-pix0 . fdet, -pix0 . sdet): the value the
+        # C used, up to rounding
+        Fclose, Sclose, close = _f(g.Fclose), _f(g.Sclose), _f(g.close_distance)
+        ts("Fclose_m", Fclose)
+        ts("Sclose_m", Sclose)
+        ts("close_distance_m", close)
+        ts("ratio", ratio)
+        ts("distance_m", close / ratio)
+        terms = (-Fclose * vec.fdet, -Sclose * vec.sdet, close * vec.odet)
+        tv("term_fast_before_rot", terms[0])
+        tv("term_slow_before_rot", terms[1])
+        tv("term_close_before_rot", terms[2])
+        pix0 = terms[0] + terms[1] + terms[2]
+        tv("pix0_before_rotation", pix0)
+        tv("pix0_after_rotz", rotate_xyz(pix0, rx, ry, rz))
+        tv("pix0_after_twotheta", g.pix0)
+        after_rotations()
+        return
+    after_rotations()
+    header("X", g.Xbeam, "Y", g.Ybeam)
+    c = [math.cos(_f(a)) for a in (rx, ry, rz)]
+    sn = [math.sin(_f(a)) for a in (rx, ry, rz)]
+    Rx = [[1.0, 0.0, 0.0], [0.0, c[0], -sn[0]], [0.0, sn[0], c[0]]]
+    Ry = [[c[1], 0.0, sn[1]], [0.0, 1.0, 0.0], [-sn[1], 0.0, c[1]]]
+    Rz = [[c[2], -sn[2], 0.0], [sn[2], c[2], 0.0], [0.0, 0.0, 1.0]]
+    total = _matmul(Rz, _matmul(Ry, Rx))
+    for tag, m in (("Rx", Rx), ("Ry", Ry), ("Rz", Rz), ("R_total", total)):
+        say(f"TRACE_C:{tag}=[" + "; ".join(_g15(*row) for row in m) + "]")
+    after_rotations()
+    say(f"TRACE_C:convention_mapping={_MAPPING.get(g.convention, g.convention)},"
+        f"beam_vec=[{_g(*_vec(g.beam), sep=' ')}]")
+    # direct-beam position after the detector is placed: the C's values up to rounding
+    Fbeam, Sbeam, distance = _f(g.Fbeam), _f(g.Sbeam), _f(g.distance)
+    ts("Fbeam_m", Fbeam)
+    ts("Sbeam_m", Sbeam)
+    ts("distance_m", distance)
+    tv("term_fast", -Fbeam * g.fdet)
+    tv("term_slow", -Sbeam * g.sdet)
+    tv("term_beam", distance * g.beam)
+    tv("pix0_vector", g.pix0)
+
+
+def _matmul(A, B):
+    """3x3 product summed left to right (as the C's trace builds R_total)."""
+    return [[sum((A[i][k] * B[k][j] for k in range(3)), 0.0) for j in range(3)] for i in range(3)]
+
+
+# ------------------------------------------------------------- crystal setup
+def _trace_crystal(sim, setup, say) -> None:
+    """The C's crystal-setup TRACE lines (SPEC 2.1-2.4), step by step.
+
+    crystal_lattice keeps only its result, so the steps are re-run here with
+    the same functions; the last lines print the simulator's own lattice.
+    |v| is the vector's length; the C prints the length it stored with the
+    vector, which for a* b* c* built from a triclinic cell is the textbook one,
+    not that of its c* (C-IMPL-BUG-001): those lengths differ from the C's.
+    """
+    cfg, lat = sim.config, setup.lattice
+    cr = cfg.crystal
+    dtype, dev = lat.a.dtype, lat.a.device
+    t = lambda x: as_tensor(x, dtype, dev)  # noqa: E731
+    vs = lambda v: _g(*_vec(v))  # noqa: E731
+    mag = lambda v: _g(magnitude(v))  # noqa: E731
+    user_cell = cr.cell is not None
+    a_star = b_star = c_star = None
+    if user_cell:
+        cell = t(cr.cell)
+        a_star, b_star, c_star, V_user = reciprocal_from_cell(cell)
+    if cr.mat is not None:
+        mat = t(cr.mat)
+        lambda0 = t(cfg.beam.wavelength_A) / 1.0e10
+        scale = 1e-10 / lambda0
+        say("TRACE: Raw matrix values from file:")
+        for name, i in (("a_star", 0), ("b_star", 1), ("c_star", 2)):
+            say(f"TRACE:   {name} (raw) = [{vs(mat[:, i])}]")
+        say(f"TRACE:   lambda0 = {_g(lambda0 * 1e10)} Angstroms")
+        say(f"TRACE:   scaling factor = 1e-10/lambda0 = {_g(scale)}")
+        a_star, b_star, c_star = mat[:, 0] * scale, mat[:, 1] * scale, mat[:, 2] * scale
+        say("TRACE: After wavelength correction:")
+        for name, v in (("a_star", a_star), ("b_star", b_star), ("c_star", c_star)):
+            say(f"TRACE:   {name} = [{vs(v)}] |{name}| = {mag(v)}")
+    if lat.misset_rad is not None:
+        m = lat.misset_rad
+        say("TRACE: Before misset rotation:")
+        for name, v in (("a_star", a_star), ("b_star", b_star), ("c_star", c_star)):
+            say(f"TRACE:   {name} = [{vs(v)}] |{name}| = {mag(v)}")
+        say(f"TRACE:   misset angles = [{_g(*(_f(x) * RTD for x in m))}] degrees")
+        a_star, b_star, c_star = (rotate_xyz(v, m[0], m[1], m[2]) for v in (a_star, b_star, c_star))
+        say("TRACE: After misset rotation:")
+        for name, v in (("a_star", a_star), ("b_star", b_star), ("c_star", c_star)):
+            say(f"TRACE:   {name} = [{vs(v)}] |{name}| = {mag(v)}")
+    say("TRACE: Computing cross products of reciprocal vectors:")
+    say("TRACE:   Input vectors for cross products:")
+    for name, v in (("a_star", a_star), ("b_star", b_star), ("c_star", c_star)):
+        say(f"TRACE:     {name} = [{vs(v)}]")
+    axb, bxc, cxa = cross(a_star, b_star), cross(b_star, c_star), cross(c_star, a_star)
+    say("TRACE:   Cross product results:")
+    say(f"TRACE:     a_star x b_star = [{vs(axb)}]")
+    say(f"TRACE:     b_star x c_star = [{vs(bxc)}]")
+    say(f"TRACE:     c_star x a_star = [{vs(cxa)}]")
+    V_star = dot(a_star, bxc)
+    say("TRACE: Reciprocal cell volume calculation:")
+    say(f"TRACE:   V_star = a_star . (b_star x c_star) = {_g(V_star)}")
+    if user_cell:
+        bxc = _rescale(bxc, cell[0] / V_user)
+        cxa = _rescale(cxa, cell[1] / V_user)
+        axb = _rescale(axb, cell[2] / V_user)
+        V_star = 1.0 / V_user
+    V_cell = 1.0 / V_star
+    say(f"TRACE: Direct-space cell volume: V_cell = 1/V_star = {_g(V_cell)}")
+    say("TRACE: Before computing real-space vectors:")
+    say(f"TRACE:   b_star_cross_c_star = [{vs(bxc)}]")
+    say(f"TRACE:   c_star_cross_a_star = [{vs(cxa)}]")
+    say(f"TRACE:   a_star_cross_b_star = [{vs(axb)}]")
+    say(f"TRACE:   V_cell = {_g(V_cell)}, V_star = {_g(V_star)}")
+    a, b, c = V_cell * bxc, V_cell * cxa, V_cell * axb
+    say("TRACE: After computing real-space vectors:")
+    for name, v in (("a", a), ("b", b), ("c", c)):
+        say(f"TRACE:   {name} = [{vs(v)}] |{name}| = {mag(v)}")
+    if not all(bool(torch.allclose(x * 1e-10, y, rtol=1e-12, atol=0.0))
+               for x, y in zip((a, b, c), (lat.a, lat.b, lat.c))):
+        say("TRACE: (note: the steps above, re-derived for the trace, do not reproduce the "
+            "simulator's cell printed below)")
+    say("TRACE: Re-generating reciprocal vectors from real-space vectors:")
+    for name, v in (("a_star", a_star), ("b_star", b_star), ("c_star", c_star)):
+        say(f"TRACE:   Before re-generation: {name} = [{vs(v)}] |{name}| = {mag(v)}")
+    say(f"TRACE:   Cross products: b_cross_c = [{vs(cross(b, c))}]")
+    say(f"TRACE:   Cross products: c_cross_a = [{vs(cross(c, a))}]")
+    say(f"TRACE:   Cross products: a_cross_b = [{vs(cross(a, b))}]")
+    # from here on: the simulator's own lattice (its reciprocal vectors are the regenerated ones)
+    for name, v in (("a_star", lat.a_star), ("b_star", lat.b_star), ("c_star", lat.c_star)):
+        say(f"TRACE:   After re-generation: {name} = [{vs(v)}] |{name}| = {mag(v)}")
+    say("TRACE: Converting real-space vectors from Angstroms to meters:")
+    for name, v in (("a", lat.a), ("b", lat.b), ("c", lat.c)):
+        say(f"TRACE:   Before conversion: {name} = [{vs(v * 1e10)}] |{name}| = {mag(v * 1e10)} Angstroms")
+    for name, v in (("a", lat.a), ("b", lat.b), ("c", lat.c)):
+        say(f"TRACE:   After conversion: {name} = [{vs(v)}] |{name}| = {mag(v)} meters")
+    say("TRACE: Copying vectors to a0, b0, c0 (phi=0 mosaic=0 reference):")
+    for name, v in (("a0", lat.a), ("b0", lat.b), ("c0", lat.c)):
+        say(f"TRACE:   {name} = [{vs(v)}] |{name}| = {mag(v)} meters")
+    say("TRACE: Copying vectors to ap, bp, cp (phi=0 working copy):")
+    for name, v in (("ap", lat.a), ("bp", lat.b), ("cp", lat.c)):
+        say(f"TRACE:   {name} = [{vs(v)}] |{name}| = {mag(v)} meters")
+    # (the C's "Phi rotation" / "Mosaic rotation" TRACE lines are printed for pixel (512, 512)
+    # whatever pixel is traced, a leftover of its debugging; they are not reproduced)
+
+
+# ------------------------------------------------------- run-wide C state
+def _raster_rank(setup, s: int, f: int):
+    """Position of (s, f) among the rendered pixels (raster order), or None if not rendered."""
+    hit = torch.nonzero((setup.pixels_s == s) & (setup.pixels_f == f))
+    return int(hit[0, 0]) if hit.numel() else None
+
+
+def _plan_at(setup, rank: int):
+    """A copy of the kernel plan in the state the run had on reaching the rank-th pixel.
+
+    Two pieces of C state carry from pixel to pixel: the interpolation switch
+    (off for good after the first out-of-range evaluation) and, in c-parity,
+    whether the run's first phi loop (unrotated cell) has happened. Where the
+    end-of-run state does not settle the question, the pixels before this one
+    are rendered again (only then does tracing cost a partial re-run).
+    """
+    plan = setup.plan
+    need_interp = plan.interpolate and not plan.interp_state["active"]
+    need_first = plan.cells_first is not None
+    interp_active, first_done = True, True
+    if need_first:
+        # the first rendered pixel holds the first evaluation unless dmin culls all of it
+        first_done = rank > 0 and not _positive(plan.dmin)
+    if rank > 0 and (need_interp or (need_first and _positive(plan.dmin))):
+        probe = dataclasses.replace(plan, interp_state={"active": True, "warning": None},
+                                    first_evaluation_done=not need_first)
+        per_pixel = max(1, plan.oversample ** 2 * plan.odet_offsets.shape[0] * plan.incident.shape[0]
+                        * plan.cells.shape[0])
+        batch = max(1, EVALS_PER_CHUNK // per_pixel)
+        for start in range(0, rank, batch):
+            stop = min(rank, start + batch)
+            render_pixels(setup.pixels_s[start:stop], setup.pixels_f[start:stop], probe)
+            if (not need_interp or not probe.interp_state["active"]) and \
+                    (not need_first or probe.first_evaluation_done):
+                break
+        interp_active, first_done = probe.interp_state["active"], probe.first_evaluation_done
+    return dataclasses.replace(plan, interp_state={"active": interp_active, "warning": None},
+                               first_evaluation_done=first_done)
+
+
+# -------------------------------------------------------- the pixel itself
+def _evaluate(plan, s: int, f: int) -> dict:
+    """Every intermediate of render_pixels for the single pixel (s, f).
+
+    Axes as in kernel.py with n = 1: (1, T, O, O[, S[, R]]). The solid angle,
+    capture fraction, scattering vector and dmin cut are one-line formulas
+    inline in render_pixels; they are repeated here (same expressions, same
+    order) and checked below against render_pixels' own value of the pixel.
+    """
+    geom = plan.geom
+    dev = plan.incident.device
+    s_idx = torch.tensor([s], device=dev)
+    f_idx = torch.tensor([f], device=dev)
+    O = plan.oversample
+    P = pixel_positions(geom, s_idx, f_idx, O, plan.odet_offsets)          # (1, T, O, O, 3)
+    airpath = torch.sqrt(dot(P, P))
+    d = P / airpath[..., None]
+    px = geom.pixel_size_m
+    if geom.point_pixel:
+        omega = 1.0 / airpath / airpath
+    else:
+        omega = px * px / airpath / airpath * geom.close_distance / airpath
+    if plan.thick:
+        parallax = dot(d, geom.odet)
+        tt = torch.arange(plan.odet_offsets.shape[0], dtype=P.dtype, device=dev)[None, :, None, None]
+        capture = (torch.exp(-tt * plan.thickstep * plan.mu / parallax)
+                   - torch.exp(-(tt + 1) * plan.thickstep * plan.mu / parallax))
+    else:
+        capture = torch.ones_like(omega)
+    inc, lam = plan.incident, plan.wavelength
+    q = (d[..., None, :] - inc) / lam[:, None]                              # (1, T, O, O, S, 3)
+    culled = None
+    if _positive(plan.dmin):
+        stol = 0.5 * torch.sqrt(dot(q, q))
+        culled = (stol > 0) & (plan.dmin > 0.5 / torch.where(stol > 0, stol, torch.ones_like(stol)))
+
+    hkl = miller_indices(q, plan.cells)                                     # (1, T, O, O, S, R, 3)
+    first_group = None
+    if plan.cells_first is not None and not plan.first_evaluation_done:
+        groups = torch.ones(q.shape[:-1], dtype=torch.bool, device=dev) if culled is None else ~culled
+        if bool(groups.any()):
+            first_group = int(torch.argmax(groups.reshape(-1).to(torch.int8)))
+        hkl = _first_phi_loop(hkl, q, culled, dataclasses.replace(plan))
+    hkl0 = torch.ceil(hkl - 0.5)
+    frac = (hkl - hkl0).to(plan.dtype)
+    F_latt = lattice_factor(hkl, frac, plan)
+    per_axis = None
+    if plan.shape == "square":
+        # sincg along one axis: the same lattice_factor with the other two N set to 1
+        one = torch.ones_like(plan.n_cells)
+        per_axis = []
+        for axis in range(3):
+            n = torch.where(torch.arange(3, device=one.device) == axis, plan.n_cells, one)
+            per_axis.append(lattice_factor(hkl, frac, dataclasses.replace(plan, n_cells=n)))
+    evaluated = torch.ones_like(F_latt, dtype=torch.bool)
+    if culled is not None:
+        evaluated = evaluated & ~culled[..., None]
+    if not plan.water:
+        evaluated = evaluated & (F_latt != 0)
+    sf_plan = dataclasses.replace(plan, interp_state=dict(plan.interp_state))
+    F_cell = structure_factor(hkl, hkl0, evaluated, sf_plan)
+    term = F_cell * F_cell * F_latt * F_latt
+    if plan.source_weight is not None:
+        term = term * plan.source_weight[:, None].to(term.dtype)
+    if culled is not None:
+        term = torch.where(culled[..., None], torch.zeros_like(term), term)
+    polar = None
+    if plan.oversample_polar or not plan.nopolar:
+        polar = polarization_factor(plan.kahn, inc, d[..., None, :], plan.polar_axis)
+    dt = plan.dtype
+    omega, capture = omega.to(dt), capture.to(dt)
+    polar = polar.to(dt) if polar is not None else None
+    if plan.oversample_thick or plan.oversample_polar or plan.oversample_omega:
+        I = _running_product_sum(term, evaluated, capture, polar, omega, plan)
+    else:
+        I = plan.I_bg.to(dt) + term.reshape(1, -1).sum(dim=1)
+    held_polar = _held_polar(polar, culled, plan, 1)
+    # the simulator's own value of this pixel, with the same run state
+    value = render_pixels(s_idx, f_idx, dataclasses.replace(
+        plan, interp_state=dict(plan.interp_state))).value[0]
+    return dict(P=P[0], airpath=airpath[0], d=d[0], omega=omega[0], capture=capture[0], q=q[0],
+                culled=None if culled is None else culled[0], hkl=hkl[0], hkl0=hkl0[0],
+                F_latt=F_latt[0], per_axis=None if per_axis is None else [x[0] for x in per_axis],
+                evaluated=evaluated[0], F_cell=F_cell[0], term=term[0],
+                polar=None if polar is None else polar[0], held_polar=held_polar, I=I[0], value=value,
+                first_group=first_group)
+
+
+def _trace_blocks(setup, plan, ev, say) -> None:
+    """One block per (layer, slow subpixel, fast subpixel) for source 0, as the C's trace
+    (and the C's extra lines for source 2 where there are more than two sources)."""
+    geom = plan.geom
+    T, O = ev["P"].shape[0], ev["P"].shape[1]
+    S = plan.incident.shape[0]
+    M = setup.mosaic_domains
+    # nominal phi of each step (what the C prints, also where C-PARITY-001 reuses a rotation)
+    phis = [_f(setup.phi.phi0_rad) + _f(setup.phi.phistep_rad) * i for i in range(setup.phi.phisteps)]
+    line = lambda name, *xs: say(f"TRACE_C: {name} {_g15(*xs)}")  # noqa: E731
+    inc0 = _vec(plan.incident[0])
+    lam0 = _f(plan.wavelength[0])
+    for t in range(T):
+        for i in range(O):
+            for j in range(O):
+                # held omega: the C computes it at the pixel's first subpixel (unless -oversample_omega)
+                omega = ev["omega"][t, i, j] if plan.oversample_omega else ev["omega"][0, 0, 0]
+                airpath = _f(ev["airpath"][t, i, j])
+                line("pix0_vector_meters", *_vec(geom.pix0))
+                line("fdet_vec", *_vec(geom.fdet))
+                line("sdet_vec", *_vec(geom.sdet))
+                line("pixel_pos_meters", *_vec(ev["P"][t, i, j]))
+                line("R_distance_meters", airpath)
+                line("omega_pixel_sr", omega)
+                line("close_distance_meters", geom.close_distance)
+                line("obliquity_factor", _f(geom.close_distance) / airpath)
+                line("diffracted_vec", *_vec(ev["d"][t, i, j]))
+                line("incident_vec", *inc0)
+                line("lambda_meters", lam0)
+                line("lambda_angstroms", lam0 * 1e10)
+                # (named A_inv by the C, but 1/m: (d - i) / lambda with lambda in m)
+                line("scattering_vec_A_inv", *_vec(ev["q"][t, i, j, 0]))
+                if ev["culled"] is None or not bool(ev["culled"][t, i, j, 0]):
+                    # (-dmin: the C leaves the source loop before the lattice)
+                    _trace_lattice(plan, ev, (t, i, j), ((t * O + i) * O + j) * S, M, phis, say)
+                if S > 2:
+                    _trace_source2(plan, ev, (t, i, j), say)
+
+
+def _trace_lattice(plan, ev, tij, group, M, phis, say) -> None:
+    """Source 0 of one subpixel: the cell, Miller indices and lattice factors of mosaic domain 0
+    at phi step 0, then one TRACE_C_PHI line per phi step (the C's loop order)."""
+    t, i, j = tij
+    line = lambda name, *xs: say(f"TRACE_C: {name} {_g15(*xs)}")  # noqa: E731
+    per_axis = ev["per_axis"]
+    cells = plan.cells
+    if ev["first_group"] == group:
+        cells = plan.cells_first              # C-PARITY-001: the run's first phi loop
+    for p, phi in enumerate(phis):
+        r = p * M                             # mosaic domain 0 of phi step p
+        hkl = ev["hkl"][t, i, j, 0, r]
+        F_latt = ev["F_latt"][t, i, j, 0, r]
+        if p == 0:
+            for name, row in (("a", 0), ("b", 1), ("c", 2)):
+                line(f"rot_{name}_angstroms", *(x * 1e10 for x in _vec(cells[r, row])))
+            # the C prints its global a*, b*, c*: those of the phi=0, unrotated cell, which is
+            # also what the kernel uses (gauss/tophat shapes)
+            for name, row in (("a", 0), ("b", 1), ("c", 2)):
+                line(f"rot_{name}_star_A_inv", *_vec(plan.reciprocal[row]))
+            line("hkl_frac", *_vec(hkl))
+            say("TRACE_C: hkl_rounded " + " ".join(str(int(x)) for x in _vec(ev["hkl0"][t, i, j, 0, r])))
+            if per_axis is not None:
+                for name, k in (("a", 0), ("b", 1), ("c", 2)):
+                    line(f"F_latt_{name}", per_axis[k][t, i, j, 0, r])
+                line("F_latt", F_latt)
+        head = f"TRACE_C_PHI phi_tic={p} phi_deg={_g15(phi * RTD)} k_frac={_g15(hkl[1])}"
+        if per_axis is not None:
+            say(f"{head} F_latt_b={_g15(per_axis[1][t, i, j, 0, r])} F_latt={_g15(F_latt)}")
+        else:
+            # round/gauss/tophat have no per-axis factor (the C prints neither F_latt_a/b/c
+            # nor this line for them); F_latt alone is still worth a line per phi step
+            say(f"{head} F_latt={_g15(F_latt)}")
+        if p == 0 and bool(ev["evaluated"][t, i, j, 0, r]):
+            # (the C skips F_cell where F_latt == 0 and there is no background)
+            line("F_cell", ev["F_cell"][t, i, j, 0, r])
+
+
+def _trace_source2(plan, ev, tij, say) -> None:
+    """The C's extra lines for source 2 (phi step 0, domain 0), where it is evaluated."""
+    t, i, j = tij
+    if ev["culled"] is not None and bool(ev["culled"][t, i, j, 2]):
+        return
+    if not bool(ev["evaluated"][t, i, j, 2, 0]):
+        return
+    line = lambda name, x: say(f"TRACE_C_SOURCE2: {name} {_g15(x)}")  # noqa: E731
+    F_cell, F_latt = ev["F_cell"][t, i, j, 2, 0], ev["F_latt"][t, i, j, 2, 0]
+    if plan.nopolar and not plan.oversample_polar:
+        polar = 1.0
+    elif plan.oversample_polar:
+        polar = ev["polar"][t, i, j, 2]
+    else:
+        polar = _held_polar_so_far(ev, (t, i, j, 2))
+    line("F_cell", F_cell)
+    line("F_latt", F_latt)
+    line("F_cell_squared", F_cell * F_cell)
+    line("F_latt_squared", F_latt * F_latt)
+    # what the kernel adds to I (source weight included, spec mode with a -sourcefile)
+    line("I_contribution", ev["term"][t, i, j, 2, 0])
+    line("polar", polar)
+    line("cos2theta", dot(plan.incident[2], ev["d"][t, i, j]))
+    line("lambda_angstroms", _f(plan.wavelength[2]) * 1e10)
+    say("TRACE_C_SOURCE2: source_index 2")
+
+
+def _held_polar_so_far(ev, index):
+    """The C's cached polarisation factor when it reaches index (t, i, j, source): the value at
+    the pixel's first unculled source up to there."""
+    polar = ev["polar"].reshape(-1)
+    T, O, _, S = ev["polar"].shape
+    t, i, j, src = index
+    upto = ((t * O + i) * O + j) * S + src + 1
+    alive = torch.ones(upto, dtype=torch.bool) if ev["culled"] is None else \
+        ~ev["culled"].reshape(-1)[:upto].cpu()
+    first = torch.nonzero(alive)
+    return polar[int(first[0, 0])] if first.numel() else 0.0
+
+
+def _trace_final(sim, setup, plan, ev, say) -> None:
+    """The pixel's final scalars; the factors are the ones the kernel applied."""
+    cfg = sim.config
+    T, O = ev["P"].shape[0], ev["P"].shape[1]
+    line = lambda name, x: say(f"TRACE_C: {name} {_g15(x)}")  # noqa: E731
+    # the C's held/last values: capture of the last layer (first subpixel; last subpixel with
+    # -oversample_thick), polar at the first unculled source (last evaluation with
+    # -oversample_polar), omega at the first subpixel (last one with -oversample_omega)
+    capture = ev["capture"][T - 1, O - 1, O - 1] if plan.oversample_thick else ev["capture"][T - 1, 0, 0]
+    if plan.nopolar and not plan.oversample_polar:
+        polar = 1.0
+    elif plan.oversample_polar:
+        polar = _last_unculled(ev["polar"], ev["culled"])
+    else:
+        polar = ev["held_polar"]
+    omega = ev["omega"][T - 1, O - 1, O - 1] if plan.oversample_omega else ev["omega"][0, 0, 0]
+    value = _f(ev["value"])
+    line("I_before_scaling", ev["I"])
+    line("r_e_meters", math.sqrt(R_E_SQR))
+    line("r_e_sqr", R_E_SQR)
+    line("fluence_photons_per_m2", cfg.beam.fluence)
+    say(f"TRACE_C: steps {plan.steps}")
+    say(f"TRACE_C: oversample_thick {int(plan.oversample_thick)}")
+    say(f"TRACE_C: oversample_polar {int(plan.oversample_polar)}")
+    say(f"TRACE_C: oversample_omega {int(plan.oversample_omega)}")
+    line("capture_fraction", capture)
+    line("polar", polar)
+    line("omega_pixel", omega)
+    # the C's incident and diffracted vectors are those of the last source and subpixel
+    line("cos_2theta", dot(plan.incident[-1], ev["d"][T - 1, O - 1, O - 1]))
+    line("I_pixel_final", value)
+    line("floatimage_accumulated", torch.tensor(value, dtype=torch.float32))
+    # the intermediates above are a re-evaluation; say so if they do not give the pixel's value
+    recomputed = _f(plan.scale) * _f(ev["I"]) / plan.steps
+    if not plan.oversample_thick:
+        recomputed *= _f(capture)
+    if not plan.oversample_polar:
+        recomputed *= _f(polar)
+    if not plan.oversample_omega:
+        recomputed *= _f(omega)
+    tol = 1e-5 if plan.dtype == torch.float32 else 1e-9
+    if not math.isclose(recomputed, value, rel_tol=tol, abs_tol=1e-300):
+        say(f"TRACE_NOTE: the traced intermediates give {recomputed:.15g}, the kernel {value:.15g}")
+
+
+def _last_unculled(polar, culled):
+    flat = polar.reshape(-1)
+    if culled is None:
+        return flat[-1]
+    alive = torch.nonzero(~culled.reshape(-1))
+    return flat[int(alive[-1, 0])] if alive.numel() else 0.0

@@ -37,6 +37,12 @@ def npv(t):
     return np.asarray(t.detach().cpu().numpy(), dtype=np.float64)
 
 
+def vec3(rows):
+    """Rows (..., 3) as the kernel's (x, y, z) tuple of float64 tensors."""
+    return torch.as_tensor(np.asarray(rows, dtype=float) if not isinstance(rows, torch.Tensor) else rows,
+                           dtype=F64).unbind(-1)
+
+
 # --------------------------------------------------------------------------
 # high-precision reference for sin(N pi h)/sin(pi h)
 
@@ -63,39 +69,124 @@ def sincg_ref(h: float, N: int) -> float:
         return float(_dsin(N * x) / _dsin(x))
 
 
-def square_plan(N, on_fraction=True):
+def square_plan(N, c_form=False):
     return types.SimpleNamespace(n_cells=torch.tensor(N, dtype=F64), shape="square", fudge=1.0,
-                                 reciprocal=torch.eye(3, dtype=F64), lattice_on_fraction=on_fraction)
+                                 reciprocal=torch.eye(3, dtype=F64), c_form=c_form)
 
 
 def latt(hkl, plan):
+    """lattice_factor of rows (h, k, l) (the kernel takes x, y, z tuples)."""
     hkl = torch.as_tensor(np.asarray(hkl, dtype=float), dtype=F64)
-    return kernel.lattice_factor(hkl, hkl - torch.ceil(hkl - 0.5), plan)
+    h = hkl.unbind(-1)
+    return kernel.lattice_factor(h, tuple(x - torch.ceil(x - 0.5) for x in h), plan)
+
+
+def c_sign(N, h0):
+    """(-1)^((N-1) h0): sin(N pi h)/sin(pi h) = c_sign * sin(N pi (h - h0))/sin(pi (h - h0))."""
+    return -1.0 if ((N - 1) * h0) % 2 else 1.0
+
+
+def c_form_rel(N, h):
+    """Relative rounding of the C form sin(N pi h)/sin(pi h) for a double h: N h is rounded
+    (half an ulp), which moves the value by pi ulp |cot(N pi h)| relative (the spec form,
+    on the exact h - h0, has no such term)."""
+    r = h - round(h)
+    cot = abs(math.cos(math.pi * N * r) / math.sin(math.pi * N * r)) if r else 0.0
+    return math.pi * math.ulp(N * abs(h)) * cot
 
 
 # --------------------------------------------------------------------------
-# sincg (SPEC 2.6)
+# sinpi, sincg (SPEC 2.6)
+
+def _dcos(x: Decimal) -> Decimal:
+    return _dsin(x + _PI / 2)
+
+
+def sinpi_ref(y: float):
+    """(sin(pi y), pi cos(pi y)) for the exact double y, 80 digits."""
+    with localcontext() as ctx:
+        ctx.prec = 80
+        # y = k + r exactly (80 digits cannot hold pi*y for |y| up to 1e300)
+        k = Decimal(y).to_integral_value(rounding=ROUND_HALF_EVEN)
+        x = _PI * (Decimal(y) - k)
+        sign = -1 if int(k) % 2 else 1
+        return sign * float(_dsin(x)), sign * float(_PI * _dcos(x))
+
+
+SINPI_Y = [0.0, 1e-300, -1e-12, 0.1, 0.25, 1.0 / 3.0, 0.5, -0.5, 0.75, 1.0, -1.0, 1.5, 2.5, -2.5, 3.5, 2.0,
+           -3.0, 7.3, -12.625, 123.456, 1e5 + 0.3, -(2.0 ** 20) - 0.5, 8388607.5, 2.0 ** 40 + 0.25,
+           -(1e15 + 0.125), 2.0 ** 52 + 1, 2.0 ** 53, 1e300, -1e300]
+SINPI_Y32 = [0.0, 1e-30, 0.1, 0.25, 0.5, -0.5, 0.75, 1.0, -1.5, 2.5, 3.5, -7.3, 123.456, 4096.25,
+             1048576.5, -8388607.5, 16777216.0, 1e30]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("branch", ["library", "polynomial"])
+def test_sinpi_values_and_derivative(dtype, branch, monkeypatch):
+    """sin(pi y) with exact argument reduction: the value and d/dy = pi cos(pi y) match an
+    80-digit reference of the exact y for any |y| (where pi*y in floating point would have lost
+    every digit), exactly 0 at integers and +-1 at half-integers. Both the eager (library sin
+    on the reduced argument) and the compiled (polynomial, float64) branches."""
+    if branch == "polynomial":
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    ys = SINPI_Y if dtype == torch.float64 else SINPI_Y32
+    y = torch.tensor(ys, dtype=dtype, requires_grad=True)
+    v = kernel.sinpi(y)
+    v.sum().backward()
+    assert v.dtype == dtype
+    # float64: a few ulp of 1; float32: pi and the reduced argument are rounded to float32
+    atol = 4e-16 if dtype == torch.float64 else 4e-7
+    for yi, got, grad in zip(y.detach().tolist(), v.detach().tolist(), y.grad.tolist()):
+        ref, dref = sinpi_ref(yi)
+        assert got == pytest.approx(ref, abs=atol), yi
+        assert grad == pytest.approx(dref, abs=math.pi * atol), yi
+        if yi == round(yi):
+            assert got == 0.0, yi
+        elif 2 * yi == round(2 * yi):
+            assert abs(got) == 1.0 and got == ref, yi
+        if abs(yi) < 10:
+            # against the library on an unreduced argument where pi*y loses nothing of note
+            assert got == pytest.approx(math.sin(math.pi * yi), abs=16 * atol)
+            assert grad == pytest.approx(math.pi * math.cos(math.pi * yi), abs=16 * math.pi * atol)
+
 
 @pytest.mark.parametrize("N", [1, 2, 5, 10, 17])
 def test_sincg_at_zero_is_N(N):
-    """SPEC 2.6: sincg(0, N) = N (both the guarded spec form and the C's x == 0 test)."""
-    for tiny in (1e-7, 1e-300):
-        assert float(kernel.sincg(torch.zeros(1, dtype=F64), torch.tensor(float(N), dtype=F64), tiny)) == N
+    """SPEC 2.6: sincg(0, N) = N; at an integer u = k (the C form on the full h) the limit is
+    N (-1)^(k(N-1)), exactly."""
+    Nt = torch.tensor(float(N), dtype=F64)
+    assert float(kernel.sincg(torch.zeros(1, dtype=F64), Nt)) == N
+    for dtype in (torch.float64, torch.float32):
+        k = torch.tensor([0.0, 1.0, 2.0, 3.0, -1.0, -4.0, 7.0, 101.0, -2.0 ** 20], dtype=dtype)
+        got = kernel.sincg(k, torch.tensor(float(N), dtype=dtype))
+        expect = [N * c_sign(N, int(x)) for x in k.tolist()]
+        assert got.tolist() == expect
+    # through lattice_factor: the C form keeps the sign, the spec form (h - h0 = 0) does not
+    for h0 in (1, 2, -3):
+        assert float(latt([[h0, 0.0, 0.0]], square_plan([N, 1, 1], c_form=True))[0]) == N * c_sign(N, h0)
+        assert float(latt([[h0, 0.0, 0.0]], square_plan([N, 1, 1]))[0]) == N
 
 
 @pytest.mark.parametrize("N", [1, 2, 5, 10, 17])
 @pytest.mark.parametrize("eps", [1e-9, 1e-12, -1e-9, 3e-7, 1e-4, 0.37])
 @pytest.mark.parametrize("n", [0, 1, 3, -2])
-def test_lattice_factor_square_near_integers_high_precision(N, eps, n):
-    """SPEC 2.6: F_latt along one axis near h = n: |F| equals |sin(Nπh)/sin(πh)| (80-digit
-    Decimal reference for the exact double h) to 1e-12, and tends to the limit N."""
+@pytest.mark.parametrize("c_form", [False, True])
+def test_lattice_factor_square_near_integers_high_precision(N, eps, n, c_form):
+    """SPEC 2.6: F_latt along one axis near h = n against sin(Nπh)/sin(πh) (80-digit Decimal
+    reference for the exact double h) to 1e-12: the C form on the full h with the reference's
+    sign (to the rounding of N h, see c_form_rel), the spec form on h - h0 with the sign
+    (-1)^((N-1) n) removed; both tend to the limit N (-1)^((N-1) n) / N."""
     h = n + eps
-    F = float(latt([[h, 0.0, 0.0]], square_plan([N, 1, 1]))[0])
+    F = float(latt([[h, 0.0, 0.0]], square_plan([N, 1, 1], c_form=c_form))[0])
     ref = sincg_ref(h, N)
-    assert abs(F) == pytest.approx(abs(ref), rel=1e-12)
+    if c_form:
+        assert F == pytest.approx(ref, rel=1e-12 + c_form_rel(N, h))
+    else:
+        assert F == pytest.approx(ref * c_sign(N, n), rel=1e-12)
     if abs(eps) <= 1e-9:
         # limit: N (1 - (N^2-1) π² ε² / 6)
-        assert abs(F) == pytest.approx(N, rel=max(1e-15, (N * N) * 10 * eps * eps))
+        limit = N * c_sign(N, n) if c_form else N
+        assert F == pytest.approx(limit, rel=max(1e-15, (N * N) * 10 * eps * eps))
 
 
 @pytest.mark.parametrize("N", [2, 5, 17])
@@ -104,18 +195,18 @@ def test_lattice_factor_square_c_form_near_integers(N, n):
     """SPEC 2.6 ([C] form, c-parity float64): sincg(π h) on the full h; near h = n + 1e-9 the
     value has the sign (−1)^((N−1)n) and agrees with the reference to float64 resolution of π h."""
     h = n + 1e-9
-    F = float(latt([[h, 0.0, 0.0]], square_plan([N, 1, 1], on_fraction=False))[0])
+    F = float(latt([[h, 0.0, 0.0]], square_plan([N, 1, 1], c_form=True))[0])
     ref = sincg_ref(h, N)
     assert F == pytest.approx(ref, rel=1e-6)
     assert math.copysign(1, F) == (-1) ** ((N - 1) * n)
 
 
 def test_sincg_N1_is_exactly_one():
-    """SPEC 2.6 (factor only applied if N > 1): sincg(x, 1) = 1 exactly everywhere."""
-    x = torch.tensor([0.0, 1e-12, 1e-8, 0.3, math.pi, math.pi * 3 + 1e-9, -2.7, 123.456], dtype=F64)
-    one = torch.tensor(1.0, dtype=F64)
-    for tiny in (1e-7, 1e-300):
-        assert torch.equal(kernel.sincg(x, one, tiny), torch.ones_like(x))
+    """SPEC 2.6 (factor only applied if N > 1): sincg(u, 1) = 1 exactly everywhere."""
+    for dtype in (torch.float64, torch.float32):
+        u = torch.tensor([0.0, 1e-12, 1e-8, 0.3, 0.5, 1.0, 3 + 1e-6, -2.7, -7.0, 123.456], dtype=dtype)
+        one = torch.tensor(1.0, dtype=dtype)
+        assert torch.equal(kernel.sincg(u, one), torch.ones_like(u))
 
 
 def _dsincg(x, N):
@@ -124,30 +215,38 @@ def _dsincg(x, N):
 
 @pytest.mark.parametrize("N", [2, 5, 10])
 def test_sincg_gradient(N):
-    """SPEC 4.4: d/dx sincg is finite at 0 (guarded limit, = 0), equals −N(N²−1)x/3 near 0,
-    and equals the analytic derivative / central finite differences away from 0."""
+    """SPEC 4.4: d/du sincg(u) (= sin(Nπu)/sin(πu)) is finite at 0 (guarded limit, = 0),
+    equals −N(N²−1)π²u/3 near 0 (and (-1)^(k(N-1)) times that in r = u - k near an integer
+    k, the C form), and equals the analytic derivative / central finite differences away
+    from 0."""
     Nt = torch.tensor(float(N), dtype=F64)
-    for x0 in (0.0, 1e-9, -3e-9):
-        x = torch.tensor(x0, dtype=F64, requires_grad=True)
-        kernel.sincg(x, Nt, 1e-7).backward()
-        assert torch.isfinite(x.grad)
-        assert float(x.grad) == pytest.approx(-N * (N * N - 1) * x0 / 3, rel=1e-9, abs=1e-300)
-    for x0 in (1e-3, 0.05, 0.3, 1.1, math.pi * 2 + 0.01):
-        x = torch.tensor(x0, dtype=F64, requires_grad=True)
-        kernel.sincg(x, Nt, 1e-7).backward()
-        assert float(x.grad) == pytest.approx(_dsincg(x0, N), rel=1e-8, abs=1e-9)
+    for k in (0, 1, 2, -3):
+        for r in (0.0, 1e-9, -3e-9):
+            u = torch.tensor(k + r, dtype=F64, requires_grad=True)
+            kernel.sincg(u, Nt).backward()
+            assert torch.isfinite(u.grad)
+            r_exact = (k + r) - k
+            expect = -N * (N * N - 1) * math.pi ** 2 * r_exact / 3 * c_sign(N, k)
+            assert float(u.grad) == pytest.approx(expect, rel=1e-9, abs=1e-300)
+    for u0 in (1e-3, 0.05, 0.3, 1.1, 2.01):
+        u = torch.tensor(u0, dtype=F64, requires_grad=True)
+        kernel.sincg(u, Nt).backward()
+        assert float(u.grad) == pytest.approx(math.pi * _dsincg(math.pi * u0, N), rel=1e-8, abs=1e-9)
         h = 1e-6
-        fd = (kernel.sincg(torch.tensor(x0 + h, dtype=F64), Nt, 1e-7)
-              - kernel.sincg(torch.tensor(x0 - h, dtype=F64), Nt, 1e-7)) / (2 * h)
-        assert float(x.grad) == pytest.approx(float(fd), rel=1e-5, abs=1e-6)
+        fd = (kernel.sincg(torch.tensor(u0 + h, dtype=F64), Nt)
+              - kernel.sincg(torch.tensor(u0 - h, dtype=F64), Nt)) / (2 * h)
+        assert float(u.grad) == pytest.approx(float(fd), rel=1e-5, abs=1e-6)
 
 
 def test_sincg_continuous_across_guard():
-    """SPEC 4.4: the guarded Taylor branch and the exact quotient agree at the guard."""
+    """SPEC 4.4: the guarded Taylor branch and the exact quotient agree at the guard
+    (|N r| = 1e-7), at u = r (spec form) and u = k + r (C form)."""
     N = torch.tensor(7.0, dtype=F64)
-    for x0 in (0.99e-7 / 7, 1.01e-7 / 7):
-        v = float(kernel.sincg(torch.tensor(x0, dtype=F64), N, 1e-7))
-        assert v == pytest.approx(math.sin(7 * x0) / math.sin(x0), rel=1e-14)
+    for k in (0, 3, -2):
+        for r in (0.99e-7 / 7, 1.01e-7 / 7, -1.01e-7 / 7):
+            u = k + r
+            v = float(kernel.sincg(torch.tensor(u, dtype=F64), N))
+            assert v == pytest.approx(sincg_ref(u, 7), rel=1e-14 + c_form_rel(7, u))
 
 
 # --------------------------------------------------------------------------
@@ -200,16 +299,22 @@ def test_lattice_factor_square_is_product_of_sincg():
     hkl = rng.uniform(-4, 4, size=(40, 3))
     N = [3, 4, 5]
     expect = np.prod([np.sin(N[j] * np.pi * hkl[:, j]) / np.sin(np.pi * hkl[:, j]) for j in range(3)], axis=0)
-    got_c = npv(latt(hkl, square_plan(N, on_fraction=False)))
-    got_s = npv(latt(hkl, square_plan(N, on_fraction=True)))
+    got_c = npv(latt(hkl, square_plan(N, c_form=True)))
+    got_s = npv(latt(hkl, square_plan(N)))
     np.testing.assert_allclose(got_c, expect, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(np.abs(got_s), np.abs(expect), rtol=1e-9, atol=1e-12)
+    # the spec form differs from the C's by the sign prod (-1)^((N_i-1) h0_i)
+    h0 = np.ceil(hkl - 0.5).astype(int)
+    signs = np.prod([[c_sign(N[j], x) for j, x in enumerate(row)] for row in h0], axis=1)
+    np.testing.assert_allclose(got_s * signs, expect, rtol=1e-9, atol=1e-12)
     assert float(latt([[2.0, -1.0, 3.0]], square_plan(N))[0]) == 60.0
+    # (C form at a node: (-1)^(2*2 + 3*(-1) + 4*3) = -1)
+    assert float(latt([[2.0, -1.0, 3.0]], square_plan(N, c_form=True))[0]) == -60.0
 
 
 def _shape_plan(shape, N, fudge, rs):
     return types.SimpleNamespace(n_cells=torch.tensor(N, dtype=F64), shape=shape, fudge=fudge,
-                                 reciprocal=torch.tensor(rs, dtype=F64), lattice_on_fraction=True)
+                                 reciprocal=torch.tensor(rs, dtype=F64), c_form=False)
 
 
 def test_lattice_factor_round():
@@ -279,15 +384,47 @@ def test_nearest_F_in_and_out_of_range():
     grid = _grid(fval, (-1, 0, -2), (1, 2, 0), default_F=7.5)
     pts = [(-1, 0, -2), (1, 2, 0), (0, 1, -1), (2, 0, 0), (-2, 1, -1), (0, 3, 0), (0, -1, 0),
            (0, 0, 1), (0, 0, -3)]
-    got = npv(nearest_F(grid, torch.tensor(pts, dtype=F64)))
+    got = npv(nearest_F(grid, vec3(pts)))
     expect = [fval(*p) for p in pts[:3]] + [7.5] * 6
     np.testing.assert_array_equal(got, expect)
+
+
+@pytest.mark.parametrize("lo,hi", [((-1, 0, -2), (1, 2, 0)), ((3, -4, 0), (3, 5, 0)), ((-60, -60, -60), (-55, 60, -58))])
+def test_nearest_F_framed_equals_the_C_rule_far_outside(lo, hi):
+    """SPEC 4.3 ([C] rule): F = grid value if min <= h0 <= max on every axis, else default_F. The
+    framed lookup (clamping onto a default_F border) must give exactly that for indices
+    anywhere, far outside the range included (up to ±2^50), on any combination of axes."""
+    fval = lambda h, k, l: 1000 + 100 * h + 10 * k + l + 0.5       # noqa: E731
+    grid = _grid(fval, lo, hi, default_F=-3.25)
+    H, K, L = (hi[i] - lo[i] + 1 for i in range(3))
+    assert grid.framed.shape == (H + 2, K + 2, L + 2)
+    rng = np.random.default_rng(11)
+    far = [0, 1, 2, 3, 7, 100, 1000, 123456, 2 ** 31, 2 ** 50]
+    cols = []
+    for i in range(3):
+        near = np.arange(lo[i] - 3, hi[i] + 4)                      # every index near the range
+        offs = np.concatenate([lo[i] - np.array(far[1:]), hi[i] + np.array(far[1:])])
+        cols.append(np.concatenate([near, offs]))
+    # every combination of near / far values per axis, plus random far mixtures
+    mesh = np.array(np.meshgrid(*cols, indexing="ij")).reshape(3, -1).T
+    rand = np.stack([rng.choice(cols[i], size=2000) for i in range(3)], axis=1)
+    pts = np.concatenate([mesh, rand]).astype(float)
+    got = npv(nearest_F(grid, vec3(pts)))
+
+    def c_rule(h, k, l):
+        inside = all(lo[i] <= x <= hi[i] for i, x in enumerate((h, k, l)))
+        return fval(h, k, l) if inside else -3.25
+
+    expect = [c_rule(*(int(x) for x in p)) for p in pts]
+    np.testing.assert_array_equal(got, expect)
+    # and the shape of the input is kept
+    assert nearest_F(grid, tuple(x.reshape(2, 3) for x in vec3(pts[:6]))).shape == (2, 3)
 
 
 def test_default_F_only_when_no_entries():
     """AT-STR-001 / SPEC 4.3: hkls == 0 (only -default_F) -> default_F everywhere."""
     grid = FGrid.from_config(None, 42.0, F64, "cpu")
-    got = npv(nearest_F(grid, torch.tensor([[0.0, 0, 0], [5, -3, 2]], dtype=F64)))
+    got = npv(nearest_F(grid, vec3([[0.0, 0, 0], [5, -3, 2]])))
     np.testing.assert_array_equal(got, [42.0, 42.0])
 
 
@@ -302,15 +439,15 @@ def test_tricubic_reproduces_tensor_cubic_and_nodes():
     grid = _grid(_cubic_poly, (-5, -5, -5), (5, 5, 5))
     rng = np.random.default_rng(6)
     pts = rng.uniform(-3, 3, size=(50, 3))
-    got = npv(tricubic_F(grid, torch.tensor(pts, dtype=F64)))
+    got = npv(tricubic_F(grid, vec3(pts)))
     expect = [_cubic_poly(*p) for p in pts]
     np.testing.assert_allclose(got, expect, rtol=1e-11, atol=1e-11)
     nodes = np.array([[0, 0, 0], [3, -3, 2], [-3, 1, 3], [2, 2, -1]], dtype=float)
-    got = npv(tricubic_F(grid, torch.tensor(nodes, dtype=F64)))
+    got = npv(tricubic_F(grid, vec3(nodes)))
     np.testing.assert_allclose(got, [_cubic_poly(*p) for p in nodes], rtol=1e-13, atol=1e-12)
     # a non-polynomial grid: still exact at the nodes
     grid2 = _grid(lambda h, k, l: math.exp(0.1 * h) * math.cos(k + 0.3 * l), (-5, -5, -5), (5, 5, 5))
-    got = npv(tricubic_F(grid2, torch.tensor(nodes, dtype=F64)))
+    got = npv(tricubic_F(grid2, vec3(nodes)))
     np.testing.assert_allclose(got, [math.exp(0.1 * h) * math.cos(k + 0.3 * l) for h, k, l in nodes],
                                rtol=1e-13, atol=1e-13)
 
@@ -321,9 +458,9 @@ def test_tricubic_reproduces_tensor_cubic_and_nodes():
 def test_tricubic_range_test(h, out):
     """SPEC 4.3: in range iff h_min+2 <= h <= h_max−2 (h−h_min+3 > range or h−2 < h_min: out)."""
     grid = _grid(_cubic_poly, (-5, -5, -5), (5, 5, 5))
-    got = bool(tricubic_out_of_range(grid, torch.tensor([[h, 0.0, 0.0]], dtype=F64))[0])
+    got = bool(tricubic_out_of_range(grid, vec3([[h, 0.0, 0.0]]))[0])
     assert got is out
-    got = bool(tricubic_out_of_range(grid, torch.tensor([[0.0, 0.0, h]], dtype=F64))[0])
+    got = bool(tricubic_out_of_range(grid, vec3([[0.0, 0.0, h]]))[0])
     assert got is out
 
 
@@ -338,14 +475,14 @@ def test_tricubic_out_of_range_switches_off_for_the_rest_of_the_run():
     plan = _interp_plan(grid)
     hkl = torch.tensor([[0.3, 0.2, -1.4], [1.6, -0.4, 2.2], [3.5, 0.1, 0.2], [0.7, 0.6, 0.4]], dtype=F64)
     hkl0 = torch.ceil(hkl - 0.5)
-    got = npv(structure_factor(hkl, hkl0, torch.ones(4, dtype=torch.bool), plan))
+    got = npv(structure_factor(vec3(hkl), vec3(hkl0), torch.ones(4, dtype=torch.bool), plan))
     h0 = npv(hkl0)
     expect = [_cubic_poly(*npv(hkl)[0]), _cubic_poly(*npv(hkl)[1]), _cubic_poly(*h0[2]), _cubic_poly(*h0[3])]
     np.testing.assert_allclose(got, expect, rtol=1e-11)
     assert plan.interp_state["active"] is False
     assert plan.interp_state["warning"].startswith("WARNING: out of range for three point interpolation")
     # later calls of the same run: nearest neighbour only
-    got = npv(structure_factor(hkl[:1], hkl0[:1], torch.ones(1, dtype=torch.bool), plan))
+    got = npv(structure_factor(vec3(hkl[:1]), vec3(hkl0[:1]), torch.ones(1, dtype=torch.bool), plan))
     assert got[0] == _cubic_poly(*h0[0])
 
 
@@ -355,7 +492,7 @@ def test_tricubic_skipped_evaluations_do_not_switch_off():
     grid = _grid(_cubic_poly, (-5, -5, -5), (5, 5, 5))
     plan = _interp_plan(grid)
     hkl = torch.tensor([[0.3, 0.2, -1.4], [4.5, 0.0, 0.0], [0.7, 0.6, 0.4]], dtype=F64)
-    got = npv(structure_factor(hkl, torch.ceil(hkl - 0.5), torch.tensor([True, False, True]), plan))
+    got = npv(structure_factor(vec3(hkl), vec3(torch.ceil(hkl - 0.5)), torch.tensor([True, False, True]), plan))
     assert plan.interp_state["active"] is True
     assert got[0] == pytest.approx(_cubic_poly(0.3, 0.2, -1.4), rel=1e-11)
     assert got[2] == pytest.approx(_cubic_poly(0.7, 0.6, 0.4), rel=1e-11)

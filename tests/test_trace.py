@@ -74,7 +74,7 @@ def close(a, b, rel=REL, abs_=ABS):
 
 
 def sincg_sign(n_cells, index):
-    """Sign between the C's sincg(pi h, N) and the port's spec-mode sincg(pi (h - h0), N):
+    """Sign between the C's sincg(h, N) (on the full h) and the port's spec-mode sincg(h - h0, N):
     sin(N pi (h0 + x)) / sin(pi (h0 + x)) = (-1)^((N - 1) h0) sin(N pi x) / sin(pi x)."""
     return [(-1.0) ** (((int(n) - 1) * int(h0)) % 2) for n, h0 in zip(n_cells, index)]
 

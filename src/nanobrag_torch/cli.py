@@ -832,7 +832,6 @@ def _read_inputs(st):
         cfg.notes.extend(messages)
     elif os.path.exists(cr.dump_file):
         from .io.hkl import read_fdump
-        cfg.notes.append(f"reading Fs from {cr.dump_file}")
         cr.hkl = _read_file("-dump", cr.dump_file, read_fdump, c_quirk=cfg.mode == "c-parity")
     if st.sourcefile is not None:
         from .io.sourcefile import read_sourcefile

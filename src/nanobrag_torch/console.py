@@ -72,6 +72,11 @@ def print_oversample_and_mw(s, cfg, g, la, lb, lc, N, out):
     # the C's rough molecular weight: crystal volume * 1.2 g/cm^3 per unit cell
     volume = (la * 1e-10 * N[0]) * (lb * 1e-10 * N[1]) * (lc * 1e-10 * N[2])
     say(out, f"approximate MW = {volume * 1.2e6 * 6.02214179e23 / (N[0] * N[1] * N[2]):g}")
+    if cfg.crystal.hkl is not None and cfg.crystal.hkl_file is None:
+        say(out, f"reading Fs from {cfg.crystal.dump_file}")
+    elif cfg.crystal.hkl_file is not None:
+        say(out, f"counting entries in {cfg.crystal.hkl_file}")
+        say(out, f"re-reading {cfg.crystal.hkl_file}")
 
 
 def print_sources_and_rest(sim, out):
@@ -81,8 +86,6 @@ def print_sources_and_rest(sim, out):
     N = [float(x) for x in s.lattice.n_cells]
     for note in s.notes:
         say(out, note)
-    if cfg.crystal.hkl is not None and cfg.crystal.hkl_file is None:
-        say(out, f"reading Fs from {cfg.crystal.dump_file}")
     for t in range(s.thicksteps):
         say(out, f"thick{t} = {float(s.thickstep_m) * t * 1e6:g} um")
     for i in range(s.phi.phisteps):

@@ -249,17 +249,24 @@ def pixel_positions(geom: DetectorGeometry, s_idx: torch.Tensor, f_idx: torch.Te
     (C order, pix0 added last); -curved_det maps each flat point onto the sphere
     of radius `distance` (SPEC 1.9).
     """
+    return torch.stack(pixel_position_components(geom, s_idx, f_idx, oversample, odet_offsets), -1)
+
+
+def pixel_position_components(geom: DetectorGeometry, s_idx: torch.Tensor, f_idx: torch.Tensor,
+                              oversample: int, odet_offsets: torch.Tensor) -> tuple:
+    """pixel_positions as separate x, y, z tensors (n, T, O, O) (contiguous: vectorises)."""
     dtype = geom.pix0.dtype
     sub = geom.pixel_size_m / oversample
     k = torch.arange(oversample, dtype=dtype, device=s_idx.device)
     Fdet = sub * (f_idx.to(dtype)[:, None] * oversample + k) + sub / 2.0      # (n, O)
     Sdet = sub * (s_idx.to(dtype)[:, None] * oversample + k) + sub / 2.0
-    Fdet = Fdet[:, None, None, :, None]
-    Sdet = Sdet[:, None, :, None, None]
-    Odet = odet_offsets[None, :, None, None, None]
-    P = Fdet * geom.fdet + Sdet * geom.sdet + Odet * geom.odet + geom.pix0
+    Fdet = Fdet[:, None, None, :]
+    Sdet = Sdet[:, None, :, None]
+    Odet = odet_offsets[None, :, None, None]
+    P = tuple(Fdet * geom.fdet[i] + Sdet * geom.sdet[i] + Odet * geom.odet[i] + geom.pix0[i]
+              for i in range(3))
     if geom.curved:
-        P = curve(P, geom)
+        P = curve(torch.stack(P, -1), geom).unbind(-1)
     return P
 
 

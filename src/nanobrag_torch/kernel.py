@@ -1,13 +1,18 @@
 """The per-pixel physics (SPEC 4) as pure tensor functions.
 
-Tensor axes of one pixel chunk, in the C's loop order (which fixes the
-"held value" and running-product semantics):
+One call renders a chunk of n pixels. The C's loop nest (SPEC 4.1) becomes
+tensor axes, in the C's order (which fixes its "held value" and
+running-product semantics):
 
-    n pixel, T detector layer, O slow subpixel, O fast subpixel,
-    S source, R rotated cell (phi step major, mosaic domain minor)
+    n pixel, T detector layer, O slow subpixel, O fast subpixel,   } the "groups", Gp per pixel
+    S source,                                                      }
+    R rotated cell (phi step major, mosaic domain minor)
 
-Every (pixel, layer, subpixel, source, cell) evaluation is one element; the
-pixel value is a reduction over all axes but the first.
+so every evaluation is an element of an (n, Gp, R) array and a pixel's value
+is a sum over the last two axes. When Gp is larger than R the evaluations are
+laid out (n, R, Gp) instead: the sum is the same, and the long axis innermost
+lets the compiled kernel vectorise. 3-vectors inside the kernel are kept as
+separate x, y, z tensors (contiguous arrays vectorise; (..., 3) ones do not).
 """
 from __future__ import annotations
 
@@ -17,14 +22,15 @@ from dataclasses import dataclass, field
 import torch
 
 from .beam import polarization_factor
-from .detector import DetectorGeometry, pixel_positions
+from .detector import DetectorGeometry, pixel_position_components
 from .structure import FGrid, nearest_F, tricubic_F, tricubic_out_of_range
-from .vec import dot
+
+Vec3 = tuple  # (x, y, z) tensors of one shape
 
 
 @dataclass
 class KernelPlan:
-    """Everything the kernel needs; tensors on the simulation device/dtype."""
+    """Everything the kernel needs; geometry tensors are float64, see `dtype`."""
     geom: DetectorGeometry
     oversample: int
     odet_offsets: torch.Tensor        # (T,) layer offsets along odet, m
@@ -53,22 +59,72 @@ class KernelPlan:
     oversample_thick: bool
     oversample_polar: bool
     oversample_omega: bool
-    lattice_on_fraction: bool = True  # sincg on h - h0 (spec) or on h (the C's form)
+    c_form: bool = False              # c-parity: the C's own closed forms (float64)
     dtype: torch.dtype = torch.float64   # dtype of the lattice/structure-factor arithmetic
     interp_state: dict = field(default_factory=lambda: {"active": True, "warning": None})
     first_evaluation_done: bool = False
 
+    def __post_init__(self):
+        # components of every cell as contiguous (R,) arrays: [i, j] is component j of axis i
+        self.cell_columns = self.cells.permute(1, 2, 0).contiguous()
 
-def sincg(x: torch.Tensor, N: torch.Tensor, tiny: float) -> torch.Tensor:
-    """sin(N x)/sin(x), the lattice transform along one axis; N where x -> 0.
+    @property
+    def running_product(self) -> bool:
+        return self.oversample_thick or self.oversample_polar or self.oversample_omega
 
-    A second-order Taylor expansion near x = 0 keeps value and gradient
-    finite; |N x| < tiny there, so the dropped terms are below rounding.
+    @property
+    def culling(self) -> bool:
+        d = self.dmin
+        return bool((d > 0).any()) if isinstance(d, torch.Tensor) else d > 0
+
+    def needs_c_order(self) -> bool:
+        """Paths that depend on the C's evaluation order (they run eagerly)."""
+        return (self.running_product or (self.interpolate and self.interp_state["active"])
+                or (self.cells_first is not None and not self.first_evaluation_done))
+
+
+# ----------------------------------------------------------------- lattice transform
+_SINPI = [(-1) ** k * math.pi ** (2 * k + 1) / math.factorial(2 * k + 1) for k in range(11)]
+
+
+def sinpi(y: torch.Tensor) -> torch.Tensor:
+    """sin(pi y) for any real y, with exact argument reduction (pi*y is never rounded).
+
+    y = k + r, k = round(y), |r| <= 1/2: sin(pi y) = (-1)^k sin(pi r), the
+    latter by its Taylor polynomial to degree 21 (truncation 1e-18 on |r| <=
+    1/2). In compiled float64 code it vectorises better than the library sin;
+    float32 and eager code call the library sin on the reduced argument.
     """
-    small = (N * x).abs() < tiny
-    x_safe = torch.where(small, torch.ones_like(x), x)
-    exact = torch.sin(N * x_safe) / torch.sin(x_safe)
-    taylor = N * (1.0 - (N * N - 1.0) * (x * x) / 6.0)
+    k = torch.round(y)
+    if y.dtype != torch.float64 or not torch.compiler.is_compiling():
+        # eager mode: one library call beats eleven small tensor ops
+        return torch.sin(math.pi * (y - k)) * (1.0 - 2.0 * (k - 2.0 * torch.floor(0.5 * k)))
+    r = y - k
+    r2 = r * r
+    acc = _SINPI[-1]
+    for c in reversed(_SINPI[:-1]):
+        acc = acc * r2 + c
+    return (acc * r) * (1.0 - 2.0 * (k - 2.0 * torch.floor(0.5 * k)))     # times (-1)^k
+
+
+def sincg(u: torch.Tensor, N: torch.Tensor) -> torch.Tensor:
+    """sin(N pi u) / sin(pi u), the lattice transform along one axis (N at u = 0).
+
+    u is h - h0 (spec) or h (the C's form): both give the same value up to a
+    sign for integer N. Near u = 0 (|N u| < 1e-7 in float64, 1e-3 in float32)
+    a second-order expansion keeps value and gradient finite; the dropped
+    terms are below rounding there.
+    """
+    tiny = 1e-7 if u.dtype == torch.float64 else 1e-3
+    k = torch.round(u)
+    r = u - k
+    small = (N * r).abs() < tiny
+    u_safe = torch.where(small, torch.full_like(u, 0.5), u)
+    exact = sinpi(N * u_safe) / sinpi(u_safe)
+    # the limit at an integer u = k is N (-1)^(k (N-1)) (k = 0 in spec mode)
+    kn = k * (N - 1.0)
+    sign = 1.0 - 2.0 * (kn - 2.0 * torch.floor(0.5 * kn))
+    taylor = N * (1.0 - (N * N - 1.0) * (math.pi * math.pi / 6.0) * (r * r)) * sign
     return torch.where(small, taylor, exact)
 
 
@@ -87,175 +143,220 @@ def sinc3(x2: torch.Tensor, c_form: bool = False) -> torch.Tensor:
     return torch.where(small, series, exact)
 
 
-def lattice_factor(hkl: torch.Tensor, frac: torch.Tensor, plan: KernelPlan) -> torch.Tensor:
-    """F_latt (SPEC 2.6) from fractional hkl (..., 3) and its offset from the nearest node, frac."""
-    N = plan.n_cells.to(frac.dtype)
-    f64 = frac.dtype == torch.float64
+def lattice_factor(hkl: Vec3, frac: Vec3, plan: KernelPlan) -> torch.Tensor:
+    """F_latt (SPEC 2.6) from fractional Miller indices hkl and frac = hkl - hkl0 (in plan.dtype)."""
+    N = plan.n_cells.to(frac[0].dtype)
     if plan.shape == "square":
-        tiny = 1e-7 if f64 else 1e-3
-        x = math.pi * frac
-        if not plan.lattice_on_fraction:
-            x = math.pi * hkl
-            tiny = 1e-300          # the C's test is x == 0 exactly
-        F = sincg(x[..., 0], N[0], tiny) * sincg(x[..., 1], N[1], tiny) * sincg(x[..., 2], N[2], tiny)
-        return F
+        u = hkl if plan.c_form else frac
+        return sincg(u[0], N[0]) * sincg(u[1], N[1]) * sincg(u[2], N[2])
     NaNbNc = N[0] * N[1] * N[2]
     if plan.shape == "round":
-        hrad_sqr = (frac[..., 0] * frac[..., 0] * N[0] * N[0] + frac[..., 1] * frac[..., 1] * N[1] * N[1]
-                    + frac[..., 2] * frac[..., 2] * N[2] * N[2])
-        # the C takes sqrt(hrad^2 * fudge) and multiplies by pi: pass x^2 so that the
-        # series near the node needs no square root
-        x2 = math.pi * math.pi * (hrad_sqr * plan.fudge)
-        return NaNbNc * 0.723601254558268 * sinc3(x2, c_form=not plan.lattice_on_fraction)
-    rs = plan.reciprocal.to(frac.dtype)
-    d = (frac[..., 0, None] * rs[0] + frac[..., 1, None] * rs[1] + frac[..., 2, None] * rs[2])
-    rad_star_sqr = dot(d, d) * N[0] * N[0] * N[1] * N[1] * N[2] * N[2]
+        hrad_sqr = (frac[0] * frac[0] * N[0] * N[0] + frac[1] * frac[1] * N[1] * N[1]
+                    + frac[2] * frac[2] * N[2] * N[2])
+        # the C takes pi * sqrt(hrad^2 * fudge); x^2 is passed so the series needs no sqrt
+        return NaNbNc * 0.723601254558268 * sinc3(math.pi * math.pi * (hrad_sqr * plan.fudge), plan.c_form)
+    rs = plan.reciprocal.to(frac[0].dtype)
+    d = [frac[0] * rs[0, i] + frac[1] * rs[1, i] + frac[2] * rs[2, i] for i in range(3)]
+    rad_star_sqr = (d[0] * d[0] + d[1] * d[1] + d[2] * d[2]) * N[0] * N[0] * N[1] * N[1] * N[2] * N[2]
     if plan.shape == "gauss":
         return NaNbNc * torch.exp(-(rad_star_sqr / 0.63 * plan.fudge))
-    return NaNbNc * (rad_star_sqr * plan.fudge < 0.3969).to(frac.dtype)     # tophat
+    return NaNbNc * (rad_star_sqr * plan.fudge < 0.3969).to(frac[0].dtype)     # tophat
 
 
-def structure_factor(hkl, hkl0, evaluated, plan: KernelPlan) -> torch.Tensor:
-    """F_cell for every evaluation; tricubic until the run's first out-of-range one (SPEC 4.3)."""
+def miller_indices(q: Vec3, cells: torch.Tensor) -> Vec3:
+    """(h, k, l) = (a.q, b.q, c.q); q components broadcast against cells (..., 3, 3) (rows a, b, c)."""
+    return tuple(q[0] * cells[..., i, 0] + q[1] * cells[..., i, 1] + q[2] * cells[..., i, 2]
+                 for i in range(3))
+
+
+def structure_factor(hkl: Vec3, hkl0: Vec3, evaluated: torch.Tensor | None, plan: KernelPlan) -> torch.Tensor:
+    """F_cell for every evaluation (arrays in the C's order); tricubic until the run's
+    first out-of-range evaluation, nearest-neighbour from it on (SPEC 4.3)."""
     grid = plan.fgrid
     F_nn = nearest_F(grid, hkl0)
     state = plan.interp_state
     if not (plan.interpolate and state["active"]):
         return F_nn
-    oor = tricubic_out_of_range(grid, hkl) & evaluated
+    oor = tricubic_out_of_range(grid, hkl)
+    if evaluated is not None:
+        oor = oor & evaluated
     F_tri = tricubic_F(grid, hkl).to(F_nn.dtype)
     flat = oor.reshape(-1)
-    if bool(flat.any()):
-        first = int(torch.nonzero(flat)[0, 0])
-        before = (torch.arange(flat.numel(), device=flat.device) < first).reshape(oor.shape)
-        state["active"] = False
-        h = hkl.reshape(-1, 3)[first]
-        h0 = hkl0.reshape(-1, 3)[first]
-        state["warning"] = (
-            "WARNING: out of range for three point interpolation: h,k,l,h0,k0,l0: "
-            f"{float(h[0]):g},{float(h[1]):g},{float(h[2]):g},{int(h0[0])},{int(h0[1])},{int(h0[2])} \n"
-            "WARNING: further warnings will not be printed! ")
-        return torch.where(before, F_tri, F_nn)
-    return F_tri
-
-
-def miller_indices(q: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
-    """h, k, l = a.q, b.q, c.q for every cell: q (..., 3), cells (R, 3, 3) -> (..., R, 3)."""
-    qe = q[..., None, None, :]
-    return qe[..., 0] * cells[..., 0] + qe[..., 1] * cells[..., 1] + qe[..., 2] * cells[..., 2]
-
-
-def _first_phi_loop(hkl, q, culled, plan: KernelPlan) -> torch.Tensor:
-    """C-PARITY-001: the run's first phi loop (first rendered pixel, layer, subpixel and
-    unculled source) starts from the unrotated cell; swap its Miller indices in."""
-    groups = torch.ones(q.shape[:-1], dtype=torch.bool, device=q.device)
-    if culled is not None:
-        groups = ~culled
-    flat = groups.reshape(-1)
     if not bool(flat.any()):
-        return hkl
-    plan.first_evaluation_done = True
-    first = torch.arange(flat.numel(), device=q.device) == torch.argmax(flat.to(torch.int8))
-    first = first.reshape(groups.shape)[..., None, None]
-    return torch.where(first, miller_indices(q, plan.cells_first), hkl)
+        return F_tri
+    first = int(torch.nonzero(flat)[0, 0])
+    before = (torch.arange(flat.numel(), device=flat.device) < first).reshape(oor.shape)
+    state["active"] = False
+    h = [float(x.reshape(-1)[first]) for x in hkl]
+    h0 = [int(x.reshape(-1)[first]) for x in hkl0]
+    state["warning"] = (
+        "WARNING: out of range for three point interpolation: h,k,l,h0,k0,l0: "
+        f"{h[0]:g},{h[1]:g},{h[2]:g},{h0[0]},{h0[1]},{h0[2]} \n"
+        "WARNING: further warnings will not be printed! ")
+    return torch.where(before, F_tri, F_nn)
+
+
+# ----------------------------------------------------------------- per subpixel
+def solid_angle(airpath: torch.Tensor, geom: DetectorGeometry) -> torch.Tensor:
+    """Pixel solid angle (SPEC 1.9): px^2/R^2 * close_distance/R, or 1/R^2 for -point_pixel."""
+    if geom.point_pixel:
+        return 1.0 / airpath / airpath
+    px = geom.pixel_size_m
+    return px * px / airpath / airpath * geom.close_distance / airpath
+
+
+def capture_fraction(d: Vec3, geom: DetectorGeometry, plan: KernelPlan) -> torch.Tensor:
+    """Fraction of photons absorbed in each sensor layer (n, T, O, O) (AT-ABS-001)."""
+    parallax = d[0] * geom.odet[0] + d[1] * geom.odet[1] + d[2] * geom.odet[2]
+    t = torch.arange(plan.odet_offsets.shape[0], dtype=parallax.dtype,
+                     device=parallax.device)[None, :, None, None]
+    return (torch.exp(-t * plan.thickstep * plan.mu / parallax)
+            - torch.exp(-(t + 1) * plan.thickstep * plan.mu / parallax))
+
+
+def scattering_vectors(d: Vec3, plan: KernelPlan) -> Vec3:
+    """q = (d - i)/lambda (1/m) per (group = pixel x layer x subpixel x source): (n, Gp) each."""
+    n = d[0].shape[0]
+    S = plan.incident.shape[0]
+    inc, lam = plan.incident, plan.wavelength
+    return tuple(((d[i].reshape(n, -1, 1) - inc[:, i]) / lam).reshape(n, -1) for i in range(3))
+
+
+def culled_by_dmin(q: Vec3, plan: KernelPlan) -> torch.Tensor:
+    """The C's resolution cut: skip a (subpixel, source) when dmin > 1/(2 stol)."""
+    stol = 0.5 * torch.sqrt(q[0] * q[0] + q[1] * q[1] + q[2] * q[2])
+    return (stol > 0) & (plan.dmin > 0.5 / torch.where(stol > 0, stol, torch.ones_like(stol)))
 
 
 @dataclass
 class ChunkResult:
     value: torch.Tensor       # (n,) pixel values before float32 rounding
-    omega_sum: torch.Tensor   # scalar: sum of the solid angles the C adds to omega_sum
+    omega_sum: torch.Tensor   # (n,) per pixel, the solid angles the C adds to omega_sum
 
 
-def render_pixels(s_idx: torch.Tensor, f_idx: torch.Tensor, plan: KernelPlan) -> ChunkResult:
-    """Pixel values (n,) for pixels (s_idx, f_idx), SPEC 4.1 vectorised."""
+def render_pixels(s_idx: torch.Tensor, f_idx: torch.Tensor, plan: KernelPlan,
+                  record: dict | None = None) -> ChunkResult:
+    """Pixel values (n,) for pixels (s_idx, f_idx): SPEC 4.1 vectorised.
+
+    record: if a dict, the intermediates are stored in it in the C's order
+    (for -trace_pixel); the evaluations are then laid out (n, Gp, R).
+    """
     geom = plan.geom
-    O = plan.oversample
-    P = pixel_positions(geom, s_idx, f_idx, O, plan.odet_offsets)       # (n, T, O, O, 3)
-    airpath = torch.sqrt(dot(P, P))
-    d = P / airpath[..., None]                                            # diffracted unit vectors
-    px = geom.pixel_size_m
-    if geom.point_pixel:
-        omega = 1.0 / airpath / airpath
-    else:
-        omega = px * px / airpath / airpath * geom.close_distance / airpath
-
-    if plan.thick:
-        parallax = dot(d, geom.odet)
-        t = torch.arange(plan.odet_offsets.shape[0], dtype=P.dtype, device=P.device)[None, :, None, None]
-        capture = (torch.exp(-t * plan.thickstep * plan.mu / parallax)
-                   - torch.exp(-(t + 1) * plan.thickstep * plan.mu / parallax))
-    else:
-        capture = torch.ones_like(omega)
-
-    inc = plan.incident                                                   # (S, 3)
-    lam = plan.wavelength                                                 # (S,)
-    q = (d[..., None, :] - inc) / lam[:, None]                           # (n, T, O, O, S, 3)
-    culled = None
-    if _positive(plan.dmin):
-        stol = 0.5 * torch.sqrt(dot(q, q))
-        culled = (stol > 0) & (plan.dmin > 0.5 / torch.where(stol > 0, stol, torch.ones_like(stol)))
-
-    # geometry and Miller indices in float64 whatever the dtype: a float32 h of ~50
-    # carries 4e-6 of rounding, which the sharp lattice transform magnifies
-    hkl = miller_indices(q, plan.cells)                                 # (n, T, O, O, S, R, 3)
-    if plan.cells_first is not None and not plan.first_evaluation_done:
-        hkl = _first_phi_loop(hkl, q, culled, plan)
-    hkl0 = torch.ceil(hkl - 0.5)
-    F_latt = lattice_factor(hkl, (hkl - hkl0).to(plan.dtype), plan)
-    evaluated = torch.ones_like(F_latt, dtype=torch.bool)
-    if culled is not None:
-        evaluated = evaluated & ~culled[..., None]
-    if not plan.water:
-        evaluated = evaluated & (F_latt != 0)
-    F_cell = structure_factor(hkl, hkl0, evaluated, plan)
-    term = F_cell * F_cell * F_latt * F_latt                              # (n, T, O, O, S, R)
-    if plan.source_weight is not None:
-        term = term * plan.source_weight[:, None].to(term.dtype)
-    if culled is not None:
-        term = torch.where(culled[..., None], torch.zeros_like(term), term)
-
+    P = pixel_position_components(geom, s_idx, f_idx, plan.oversample, plan.odet_offsets)  # (n, T, O, O)
+    airpath = torch.sqrt(P[0] * P[0] + P[1] * P[1] + P[2] * P[2])
+    d = tuple(x / airpath for x in P)                                   # diffracted unit vectors
+    omega = solid_angle(airpath, geom)
+    capture = capture_fraction(d, geom, plan) if plan.thick else torch.ones_like(omega)
+    q = scattering_vectors(d, plan)                                     # (n, Gp)
+    culled = culled_by_dmin(q, plan) if plan.culling else None
     polar = None
     if plan.oversample_polar or not plan.nopolar:
-        polar = polarization_factor(plan.kahn, inc, d[..., None, :], plan.polar_axis)  # (n,T,O,O,S)
+        polar = _polarization(d, plan, all_groups=plan.oversample_polar or culled is not None)
 
-    n = P.shape[0]
+    n, Gp = q[0].shape
+    R = plan.cells.shape[0]
+    c_order = record is not None or plan.needs_c_order()
+    evals_by_group = c_order or R >= Gp
+    cols = plan.cell_columns                                            # (3, 3, R) contiguous
+    if evals_by_group:                                                  # (n, Gp, R)
+        qe = tuple(x[:, :, None] for x in q)
+    else:                                                               # (n, R, Gp)
+        qe = tuple(x[:, None, :] for x in q)
+        cols = cols[..., None]
+    # Miller indices in float64 whatever the dtype: a float32 h of ~50 carries 4e-6
+    # of rounding, which the sharp lattice transform magnifies
+    hkl = tuple(qe[0] * cols[i, 0] + qe[1] * cols[i, 1] + qe[2] * cols[i, 2] for i in range(3))
+    if plan.cells_first is not None and not plan.first_evaluation_done:
+        hkl = _first_phi_loop(hkl, qe, culled, plan)
+    hkl0 = tuple(torch.ceil(x - 0.5) for x in hkl)
+    F_latt = lattice_factor(hkl, tuple((x - x0).to(plan.dtype) for x, x0 in zip(hkl, hkl0)), plan)
+
+    evaluated = None
+    if c_order:
+        evaluated = torch.ones_like(F_latt, dtype=torch.bool)
+        if culled is not None:
+            evaluated = evaluated & ~culled[:, :, None]
+        if not plan.water:
+            evaluated = evaluated & (F_latt != 0)
+    F_cell = structure_factor(hkl, hkl0, evaluated, plan)
+    term = F_cell * F_cell * F_latt * F_latt
+    group_weight = _group_weight(plan, culled, n, Gp, term.dtype)
+    if group_weight is not None:
+        term = term * (group_weight[:, :, None] if evals_by_group else group_weight[:, None, :])
+
     dt = plan.dtype
     omega, capture = omega.to(dt), capture.to(dt)
     polar = polar.to(dt) if polar is not None else None
-    if plan.oversample_thick or plan.oversample_polar or plan.oversample_omega:
+    if plan.running_product:
         I = _running_product_sum(term, evaluated, capture, polar, omega, plan)
     else:
-        I = plan.I_bg.to(dt) + term.reshape(n, -1).sum(dim=1)
-
+        I = plan.I_bg.to(dt) + term.sum(dim=(1, 2))
     value = plan.scale.to(dt) * I / plan.steps
     if not plan.oversample_thick:
         value = value * capture[:, -1, 0, 0]
+    held_polar = _held_polar(polar, culled, plan, n)
     if not plan.oversample_polar:
-        value = value * _held_polar(polar, culled, plan, n)
+        value = value * held_polar
     if not plan.oversample_omega:
         value = value * omega[:, 0, 0, 0]
-        omega_sum = omega[:, 0, 0, 0].sum() * omega[0].numel()
+        omega_sum = omega[:, 0, 0, 0] * omega[0].numel()
     else:
-        omega_sum = omega.sum()
+        omega_sum = omega.reshape(n, -1).sum(dim=1)
+    if record is not None:
+        record.update(P=torch.stack(P, -1), airpath=airpath, d=torch.stack(d, -1), omega=omega,
+                      capture=capture, q=torch.stack(q, -1), culled=culled,
+                      hkl=torch.stack(hkl, -1), hkl0=torch.stack(hkl0, -1), F_latt=F_latt,
+                      F_cell=F_cell, term=term, evaluated=evaluated, polar=polar,
+                      held_polar=held_polar, I=I, value=value)
     return ChunkResult(value, omega_sum)
 
 
-def _positive(x) -> bool:
-    if isinstance(x, torch.Tensor):
-        return bool((x > 0).any())
-    return x > 0
+def _polarization(d: Vec3, plan: KernelPlan, all_groups: bool) -> torch.Tensor:
+    """Kahn factors (n, Gp) for every (subpixel, source), or (n, 1) for the first one only."""
+    n = d[0].shape[0]
+    if all_groups:
+        dd = torch.stack([x.reshape(n, -1, 1) for x in d], -1)             # (n, T*O*O, 1, 3)
+        return polarization_factor(plan.kahn, plan.incident, dd, plan.polar_axis).reshape(n, -1)
+    dd = torch.stack([x[:, 0, 0, 0] for x in d], -1)                       # (n, 3)
+    return polarization_factor(plan.kahn, plan.incident[0], dd, plan.polar_axis)[:, None]
+
+
+def _group_weight(plan: KernelPlan, culled, n, Gp, dtype):
+    """Per (subpixel, source) factor: source weights (spec mode) and the dmin cut."""
+    weight = None
+    if plan.source_weight is not None:
+        S = plan.incident.shape[0]
+        weight = plan.source_weight.to(dtype).repeat(Gp // S).expand(n, Gp)
+    if culled is not None:
+        keep = (~culled).to(dtype)
+        weight = keep if weight is None else weight * keep
+    return weight
+
+
+def _first_phi_loop(hkl: Vec3, qe: Vec3, culled, plan: KernelPlan) -> Vec3:
+    """C-PARITY-001: the run's first phi loop (first rendered pixel, layer, subpixel and
+    unculled source) starts from the unrotated cell; swap its Miller indices in."""
+    n, Gp = qe[0].shape[:2]
+    alive = torch.ones((n, Gp), dtype=torch.bool, device=qe[0].device) if culled is None else ~culled
+    flat = alive.reshape(-1)
+    if not bool(flat.any()):
+        return hkl
+    plan.first_evaluation_done = True
+    first = (torch.arange(flat.numel(), device=flat.device) == torch.argmax(flat.to(torch.int8)))
+    first = first.reshape(n, Gp, 1)
+    first_hkl = miller_indices(qe, plan.cells_first)
+    return tuple(torch.where(first, a, b) for a, b in zip(first_hkl, hkl))
 
 
 def _held_polar(polar, culled, plan: KernelPlan, n: int) -> torch.Tensor:
     """The C computes the polarisation factor once per pixel, at its first unculled source."""
-    if plan.nopolar:
+    if plan.nopolar and not plan.oversample_polar:
         return torch.ones((), dtype=plan.dtype, device=plan.I_bg.device)
-    flat = polar.reshape(n, -1)
     if culled is None:
-        return flat[:, 0]
-    alive = ~culled.reshape(n, -1)
+        return polar[:, 0]
+    alive = ~culled
     first = torch.argmax(alive.to(torch.int8), dim=1)
-    held = flat.gather(1, first[:, None])[:, 0]
+    held = polar.gather(1, first[:, None])[:, 0]
     return torch.where(alive.any(dim=1), held, torch.zeros_like(held))
 
 
@@ -263,25 +364,23 @@ def _running_product_sum(term, evaluated, capture, polar, omega, plan: KernelPla
     """I with -oversample_thick/_polar/_omega: the C multiplies the whole running sum
     (background included) by the factors after every evaluation (SPEC 4.1).
 
-    Within a group g = (layer, subpixel, source) every kept evaluation j does
-    I = (I + T_j) m_g; across groups the earlier sum keeps being multiplied.
+    Arrays in the C's order: term and evaluated (n, Gp, R). Within a group g =
+    (layer, subpixel, source) every kept evaluation j does I = (I + T_j) m_g;
+    across groups the earlier sum keeps being multiplied.
     """
-    n = term.shape[0]
-    S = term.shape[4]
-    m = torch.ones(term.shape[:5], dtype=term.dtype, device=term.device)
+    n, Gp, _ = term.shape
+    S = Gp // capture[0].numel()
+    m = torch.ones((n, Gp), dtype=term.dtype, device=term.device)
     if plan.oversample_thick:
-        m = m * capture[..., None]
+        m = m * capture.reshape(n, -1, 1).expand(-1, -1, S).reshape(n, Gp)
     if plan.oversample_polar:
         m = m * polar
     if plan.oversample_omega:
-        m = m * omega[..., None]
-    m = m.reshape(n, -1)                                              # (n, G)
-    kept = evaluated.reshape(n, m.shape[1], -1).to(term.dtype)        # (n, G, R)
-    term = term.reshape(n, m.shape[1], -1)
-    after = torch.flip(torch.cumsum(torch.flip(kept, [2]), 2), [2])   # kept evaluations from j on
-    inner = (kept * term * torch.pow(m[..., None], after)).sum(dim=2)  # (n, G)
-    group = torch.pow(m, after[..., 0])                                # m_g^{n_g}
-    suffix = torch.flip(torch.cumprod(torch.flip(group, [1]), 1), [1])   # prod over g' >= g
+        m = m * omega.reshape(n, -1, 1).expand(-1, -1, S).reshape(n, Gp)
+    kept = evaluated.to(term.dtype)                                     # (n, Gp, R)
+    after = torch.flip(torch.cumsum(torch.flip(kept, [2]), 2), [2])     # kept evaluations from j on
+    inner = (kept * term * torch.pow(m[..., None], after)).sum(dim=2)   # (n, Gp)
+    group = torch.pow(m, after[..., 0])                                 # m_g^{n_g}
+    suffix = torch.flip(torch.cumprod(torch.flip(group, [1]), 1), [1])  # prod over g' >= g
     later = torch.cat((suffix[:, 1:], torch.ones_like(suffix[:, :1])), dim=1)
-    del S
     return plan.I_bg.to(term.dtype) * suffix[:, 0] + (inner * later).sum(dim=1)

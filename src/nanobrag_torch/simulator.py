@@ -10,6 +10,7 @@ torch operations, so gradients flow to any config value given as a tensor.
 from __future__ import annotations
 
 import math
+import os
 import sys
 from dataclasses import dataclass
 
@@ -26,10 +27,14 @@ from .structure import FGrid
 from .units import AVOGADRO, R_E_SQR, WATER_F, WATER_MW
 from .vec import as_tensor
 
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR",
+                      os.path.join(os.path.expanduser("~"), ".cache", "nanobrag-torch", "inductor"))
+
 DTYPES = {"float64": torch.float64, "float32": torch.float32, torch.float64: torch.float64,
           torch.float32: torch.float32}
 MODES = ("spec", "c-parity")
 EVALS_PER_CHUNK = 1 << 20
+COMPILE_MIN_EVALS = 20_000_000     # below this eager is faster than a cold compile
 
 
 def resolve_device(device) -> torch.device:
@@ -72,7 +77,8 @@ class Simulator:
     torch.float32 (or their names); device: "cpu", "cuda" or "auto".
     """
 
-    def __init__(self, config: SimConfig, *, mode: str = "spec", dtype=torch.float64, device="cpu"):
+    def __init__(self, config: SimConfig, *, mode: str = "spec", dtype=torch.float64, device="cpu",
+                 compile: bool | None = None):
         if mode not in MODES:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         if dtype not in DTYPES:
@@ -83,9 +89,20 @@ class Simulator:
         # setup and per-pixel geometry run in float64 whatever the dtype (see kernel.py)
         self.geometry_dtype = torch.float64
         self.device = resolve_device(device)
+        self._compile_request = compile
         with torch.no_grad():
             self.static = self._setup(None)
         self.notes = self.static.notes
+        # the fused kernel (torch.compile) pays for its compilation on large runs only
+        self.compile = compile if compile is not None else (
+            compile_enabled() and self.evaluations >= COMPILE_MIN_EVALS)
+
+    @property
+    def evaluations(self) -> int:
+        """Evaluations per image: rendered pixels x oversample^2 x layers x sources x rotated cells."""
+        p = self.static.plan
+        return (self.static.pixels_s.numel() * p.oversample ** 2 * self.static.thicksteps
+                * p.incident.shape[0] * p.cells.shape[0])
 
     def run(self, progress=None) -> torch.Tensor:
         """The float image (spixels, fpixels) in photons per pixel (what -floatfile holds, before float32)."""
@@ -98,18 +115,24 @@ class Simulator:
         self.last_setup = setup
         geom = setup.geom
         image = torch.zeros(geom.spixels * geom.fpixels, dtype=self.dtype, device=self.device)
-        per_pixel = setup.plan.oversample ** 2 * setup.thicksteps * setup.plan.incident.shape[0] * \
-            setup.plan.cells.shape[0]
-        batch = self.config.pixel_batch_size or max(1, EVALS_PER_CHUNK // per_pixel)
+        plan = setup.plan
+        per_pixel = plan.oversample ** 2 * setup.thicksteps * plan.incident.shape[0] * plan.cells.shape[0]
         total = setup.pixels_s.numel()
+        batch = min(total, self.config.pixel_batch_size or max(1, EVALS_PER_CHUNK // per_pixel))
         omega_sum = torch.zeros((), dtype=self.geometry_dtype, device=self.device)
         values = []
         for start in range(0, total, batch):
             s_idx = setup.pixels_s[start:start + batch]
             f_idx = setup.pixels_f[start:start + batch]
-            res = render_pixels(s_idx, f_idx, setup.plan)
-            values.append(res.value)
-            omega_sum = omega_sum + res.omega_sum
+            kept = s_idx.numel()
+            if self.compile and not plan.needs_c_order():
+                # one compiled kernel per run: pad the last chunk to the common size
+                s_idx, f_idx = _pad(s_idx, batch), _pad(f_idx, batch)
+                res = compiled_render_pixels()(s_idx, f_idx, plan)
+            else:
+                res = render_pixels(s_idx, f_idx, plan)
+            values.append(res.value[:kept])
+            omega_sum = omega_sum + res.omega_sum[:kept].sum()
             if progress is not None:
                 progress(min(total, start + batch), total)
         if values:
@@ -117,7 +140,8 @@ class Simulator:
             image = image.index_put((flat_idx,), torch.cat(values))
         self.omega_sum = omega_sum
         self.interpolation_warning = setup.plan.interp_state["warning"]
-        return image.reshape(geom.spixels, geom.fpixels)
+        self.last_image = image.reshape(geom.spixels, geom.fpixels)
+        return self.last_image
 
     # ------------------------------------------------------------------ setup
     def _setup(self, fixed: Setup | None) -> Setup:
@@ -181,7 +205,7 @@ class Simulator:
             kahn=as_tensor(cfg.beam.polarization, dtype, dev), polar_axis=vec.polar,
             oversample_thick=cfg.oversample_thick, oversample_polar=cfg.oversample_polar,
             oversample_omega=cfg.oversample_omega,
-            lattice_on_fraction=(mode == "spec" or self.dtype != torch.float64), dtype=self.dtype)
+            c_form=(mode == "c-parity" and self.dtype == torch.float64), dtype=self.dtype)
         if fixed is None:
             pixels_s, pixels_f, roi = self._rendered_pixels(geom)
         else:
@@ -238,6 +262,32 @@ class Simulator:
         dev = self.device
         return (torch.as_tensor(s[keep], device=dev), torch.as_tensor(f[keep], device=dev),
                 (xmin, xmax, ymin, ymax))
+
+
+def _pad(idx: torch.Tensor, size: int) -> torch.Tensor:
+    if idx.numel() == size:
+        return idx
+    return torch.cat((idx, idx[-1:].expand(size - idx.numel())))
+
+
+def compile_enabled() -> bool:
+    """torch.compile may be used unless NANOBRAGG_COMPILE=0 (it needs a C++ compiler on CPU)."""
+    return os.environ.get("NANOBRAGG_COMPILE", "1") not in ("0", "false", "no")
+
+
+_COMPILED = []
+
+
+def compiled_render_pixels():
+    """render_pixels through torch.compile (static shapes; one graph per static plan).
+
+    Compiled kernels are cached on disk by PyTorch's inductor (FX graph cache) in
+    $TORCHINDUCTOR_CACHE_DIR, by default ~/.cache/nanobrag-torch/inductor, so a
+    second process skips the C++ compilation.
+    """
+    if not _COMPILED:
+        _COMPILED.append(torch.compile(render_pixels, dynamic=False))
+    return _COMPILED[0]
 
 
 def progress_printer(stream=None):

@@ -1,8 +1,10 @@
 """Structure factors F(hkl): nearest-neighbour and tricubic lookups (SPEC 4.3).
 
-The grid is the C's: F[h - h_min, k - k_min, l - l_min] with one zero padding
-slab per axis; lookups outside [min, max] (or with no entries at all) give
-default_F.
+The C's grid is F[h - h_min, k - k_min, l - l_min] with one zero padding slab
+per axis; lookups outside [min, max] (or with no entries at all) give
+default_F. For the nearest-neighbour lookup the real range is framed by a
+one-cell border of default_F, so a clamped index gives the right value with
+no range test in the hot loop.
 """
 from __future__ import annotations
 
@@ -12,11 +14,19 @@ import torch
 
 from .vec import as_tensor
 
+Vec3 = tuple
+
 
 @dataclass
 class FGrid:
-    """Structure factors on the device: F (H, K, L), index minima/maxima and default_F."""
+    """Structure factors on the device.
+
+    F: (H+1, K+1, L+1) the C's grid (None when there are no entries);
+    framed: (H+2, K+2, L+2) the real range with a default_F border;
+    mins/maxs: index ranges; default_F: () tensor.
+    """
     F: torch.Tensor | None
+    framed: torch.Tensor | None
     mins: tuple
     maxs: tuple
     hkls: int
@@ -26,32 +36,35 @@ class FGrid:
     def from_config(cls, hkl, default_F, dtype, device) -> "FGrid":
         dF = as_tensor(default_F, dtype, device)
         if hkl is None or hkl.hkls == 0:
-            return cls(None, (0, 0, 0), (-1, -1, -1), 0, dF)
-        return cls(as_tensor(hkl.F, dtype, device), (hkl.h_min, hkl.k_min, hkl.l_min),
-                   (hkl.h_max, hkl.k_max, hkl.l_max), hkl.hkls, dF)
+            return cls(None, None, (0, 0, 0), (-1, -1, -1), 0, dF)
+        F = as_tensor(hkl.F, dtype, device)
+        mins = (hkl.h_min, hkl.k_min, hkl.l_min)
+        maxs = (hkl.h_max, hkl.k_max, hkl.l_max)
+        H, K, L = (maxs[i] - mins[i] + 1 for i in range(3))
+        framed = dF.expand(H + 2, K + 2, L + 2).clone()
+        framed[1:-1, 1:-1, 1:-1] = F[:H, :K, :L]
+        return cls(F, framed, mins, maxs, hkl.hkls, dF)
 
 
-def nearest_F(grid: FGrid, hkl0: torch.Tensor) -> torch.Tensor:
-    """F at the nearest lattice point; hkl0 (..., 3) integer-valued (float tensor)."""
-    if grid.F is None:
-        return grid.default_F.expand(hkl0.shape[:-1])
-    idx = hkl0.to(torch.long)
-    inside = torch.ones(hkl0.shape[:-1], dtype=torch.bool, device=hkl0.device)
-    flat = torch.zeros(hkl0.shape[:-1], dtype=torch.long, device=hkl0.device)
-    shape = grid.F.shape
+def nearest_F(grid: FGrid, hkl0: Vec3) -> torch.Tensor:
+    """F at the nearest lattice point; hkl0 = (h0, k0, l0) integer-valued float tensors."""
+    if grid.framed is None:
+        return grid.default_F.expand(hkl0[0].shape)
+    shape = grid.framed.shape
+    flat = None
     for axis in range(3):
-        i = idx[..., axis] - grid.mins[axis]
-        inside &= (i >= 0) & (i <= grid.maxs[axis] - grid.mins[axis])
-        flat = flat * shape[axis] + i.clamp(0, shape[axis] - 1)
-    values = grid.F.reshape(-1)[flat]
-    return torch.where(inside, values, grid.default_F)
+        # border cells (index 0 and size-1) hold default_F: clamping maps every
+        # out-of-range index onto them
+        i = torch.clamp(hkl0[axis] - (grid.mins[axis] - 1), 0, shape[axis] - 1).to(torch.int64)
+        flat = i if flat is None else flat * shape[axis] + i
+    return grid.framed.reshape(-1)[flat]
 
 
-def tricubic_out_of_range(grid: FGrid, hkl: torch.Tensor) -> torch.Tensor:
-    """The C's test for a complete 4x4x4 neighbourhood, on the fractional hkl (..., 3)."""
-    out = torch.zeros(hkl.shape[:-1], dtype=torch.bool, device=hkl.device)
+def tricubic_out_of_range(grid: FGrid, hkl: Vec3) -> torch.Tensor:
+    """The C's test for a complete 4x4x4 neighbourhood, on the fractional h, k, l."""
+    out = torch.zeros(hkl[0].shape, dtype=torch.bool, device=hkl[0].device)
     for axis in range(3):
-        x = hkl[..., axis]
+        x = hkl[axis]
         rng = grid.maxs[axis] - grid.mins[axis] + 1
         out |= ((x - grid.mins[axis] + 3) > rng) | ((x - 2) < grid.mins[axis])
     return out
@@ -71,13 +84,14 @@ def _polint(xa: torch.Tensor, ya: torch.Tensor, x: torch.Tensor) -> torch.Tensor
     return t0 + t1 + t2 + t3
 
 
-def tricubic_F(grid: FGrid, hkl: torch.Tensor) -> torch.Tensor:
-    """Tricubic (tensor-product Lagrange) interpolation of F at fractional hkl (..., 3).
+def tricubic_F(grid: FGrid, hkl: Vec3) -> torch.Tensor:
+    """Tricubic (tensor-product Lagrange) interpolation of F at fractional h, k, l.
 
     Only valid where tricubic_out_of_range is False; other entries are
     computed on clamped indices and must be replaced by the caller.
     Order as the C's polin3: along l for each (h, k) node, then k, then h.
     """
+    hkl = torch.stack(hkl, -1)
     base = torch.floor(hkl)                        # (..., 3)
     offs = torch.arange(-1, 3, dtype=hkl.dtype, device=hkl.device)
     nodes = base[..., :, None] + offs               # (..., 3, 4) node indices per axis

@@ -13,13 +13,13 @@ trace stops at the first value that diverges:
    plus one ``TRACE_C_PHI`` line per phi step (domain 0),
 5. the pixel's final scalars (I_before_scaling ... floatimage_accumulated).
 
-The values come from the package's own functions (pixel_positions,
-miller_indices, lattice_factor, structure_factor, polarization_factor, the
-kernel's reductions) evaluated on the traced pixel alone, with the run-wide
-C-parity state (sticky interpolation switch, the run's first phi loop) as it
-stood when the simulator reached that pixel. The final value is the
-simulator's own (render_pixels on that pixel), so ``floatimage_accumulated``
-is the float image's pixel.
+The values are the kernel's own: render_pixels renders the traced pixel alone
+and records its intermediates (record=...), with the run-wide C-parity state
+(sticky interpolation switch, the run's first phi loop) as it stood when the
+simulator reached that pixel; only the per-axis lattice factors are computed
+here (lattice_factor along one axis). The final value is the simulator's own
+(render_pixels on that pixel), so ``floatimage_accumulated`` is the float
+image's pixel.
 """
 from __future__ import annotations
 
@@ -30,10 +30,7 @@ import sys
 import torch
 
 from .crystal import _rescale, reciprocal_from_cell
-from .detector import pixel_positions
-from .kernel import (_first_phi_loop, _held_polar, _positive, _running_product_sum, lattice_factor,
-                     miller_indices, render_pixels, structure_factor)
-from .beam import polarization_factor
+from .kernel import lattice_factor, render_pixels
 from .units import R_E_SQR, RTD, deg_to_rad
 from .vec import as_tensor, cross, dot, magnitude, rotate_xyz
 
@@ -305,8 +302,8 @@ def _plan_at(setup, rank: int):
     interp_active, first_done = True, True
     if need_first:
         # the first rendered pixel holds the first evaluation unless dmin culls all of it
-        first_done = rank > 0 and not _positive(plan.dmin)
-    if rank > 0 and (need_interp or (need_first and _positive(plan.dmin))):
+        first_done = rank > 0 and not plan.culling
+    if rank > 0 and (need_interp or (need_first and plan.culling)):
         probe = dataclasses.replace(plan, interp_state={"active": True, "warning": None},
                                     first_evaluation_done=not need_first)
         per_pixel = max(1, plan.oversample ** 2 * plan.odet_offsets.shape[0] * plan.incident.shape[0]
@@ -327,88 +324,60 @@ def _plan_at(setup, rank: int):
 def _evaluate(plan, s: int, f: int) -> dict:
     """Every intermediate of render_pixels for the single pixel (s, f).
 
-    Axes as in kernel.py with n = 1: (1, T, O, O[, S[, R]]). The solid angle,
-    capture fraction, scattering vector and dmin cut are one-line formulas
-    inline in render_pixels; they are repeated here (same expressions, same
-    order) and checked below against render_pixels' own value of the pixel.
+    They are render_pixels' own, recorded by it (record=...) in the C's order
+    and reshaped here to per-subpixel axes: (T, O, O[, S[, R]]) (layer, slow
+    and fast subpixel, source, rotated cell); polar stays flat over the groups
+    ((T*O*O*S,), or (1,) where only the first group's is computed). Only the
+    per-axis lattice factors (square shape), which the kernel never forms, are
+    computed here.
     """
-    geom = plan.geom
     dev = plan.incident.device
     s_idx = torch.tensor([s], device=dev)
     f_idx = torch.tensor([f], device=dev)
-    O = plan.oversample
-    P = pixel_positions(geom, s_idx, f_idx, O, plan.odet_offsets)          # (1, T, O, O, 3)
-    airpath = torch.sqrt(dot(P, P))
-    d = P / airpath[..., None]
-    px = geom.pixel_size_m
-    if geom.point_pixel:
-        omega = 1.0 / airpath / airpath
-    else:
-        omega = px * px / airpath / airpath * geom.close_distance / airpath
-    if plan.thick:
-        parallax = dot(d, geom.odet)
-        tt = torch.arange(plan.odet_offsets.shape[0], dtype=P.dtype, device=dev)[None, :, None, None]
-        capture = (torch.exp(-tt * plan.thickstep * plan.mu / parallax)
-                   - torch.exp(-(tt + 1) * plan.thickstep * plan.mu / parallax))
-    else:
-        capture = torch.ones_like(omega)
-    inc, lam = plan.incident, plan.wavelength
-    q = (d[..., None, :] - inc) / lam[:, None]                              # (1, T, O, O, S, 3)
-    culled = None
-    if _positive(plan.dmin):
-        stol = 0.5 * torch.sqrt(dot(q, q))
-        culled = (stol > 0) & (plan.dmin > 0.5 / torch.where(stol > 0, stol, torch.ones_like(stol)))
+    rec = {}
+    # a copy of the plan: rendering updates the run-wide state (interpolation switch,
+    # first phi loop) and the trace must not
+    rplan = dataclasses.replace(plan, interp_state=dict(plan.interp_state))
+    render_pixels(s_idx, f_idx, rplan, record=rec)
+    T, O = rec["P"].shape[1], rec["P"].shape[2]
+    S, R = plan.incident.shape[0], plan.cells.shape[0]
+    groups = (T, O, O, S)
+    evals = groups + (R,)
+    culled = None if rec["culled"] is None else rec["culled"][0].reshape(groups)
 
-    hkl = miller_indices(q, plan.cells)                                     # (1, T, O, O, S, R, 3)
     first_group = None
-    if plan.cells_first is not None and not plan.first_evaluation_done:
-        groups = torch.ones(q.shape[:-1], dtype=torch.bool, device=dev) if culled is None else ~culled
-        if bool(groups.any()):
-            first_group = int(torch.argmax(groups.reshape(-1).to(torch.int8)))
-        hkl = _first_phi_loop(hkl, q, culled, dataclasses.replace(plan))
-    hkl0 = torch.ceil(hkl - 0.5)
-    frac = (hkl - hkl0).to(plan.dtype)
-    F_latt = lattice_factor(hkl, frac, plan)
+    if rplan.first_evaluation_done and not plan.first_evaluation_done:
+        # C-PARITY-001: this pixel held the run's first phi loop, at its first unculled group
+        alive = torch.ones(S * T * O * O, dtype=torch.bool, device=dev) if culled is None \
+            else ~culled.reshape(-1)
+        first_group = int(torch.argmax(alive.to(torch.int8)))
+
     per_axis = None
     if plan.shape == "square":
         # sincg along one axis: the same lattice_factor with the other two N set to 1
+        hkl, hkl0 = rec["hkl"].unbind(-1), rec["hkl0"].unbind(-1)
+        frac = tuple((x - x0).to(plan.dtype) for x, x0 in zip(hkl, hkl0))
         one = torch.ones_like(plan.n_cells)
         per_axis = []
         for axis in range(3):
             n = torch.where(torch.arange(3, device=one.device) == axis, plan.n_cells, one)
-            per_axis.append(lattice_factor(hkl, frac, dataclasses.replace(plan, n_cells=n)))
-    evaluated = torch.ones_like(F_latt, dtype=torch.bool)
-    if culled is not None:
-        evaluated = evaluated & ~culled[..., None]
-    if not plan.water:
-        evaluated = evaluated & (F_latt != 0)
-    sf_plan = dataclasses.replace(plan, interp_state=dict(plan.interp_state))
-    F_cell = structure_factor(hkl, hkl0, evaluated, sf_plan)
-    term = F_cell * F_cell * F_latt * F_latt
-    if plan.source_weight is not None:
-        term = term * plan.source_weight[:, None].to(term.dtype)
-    if culled is not None:
-        term = torch.where(culled[..., None], torch.zeros_like(term), term)
-    polar = None
-    if plan.oversample_polar or not plan.nopolar:
-        polar = polarization_factor(plan.kahn, inc, d[..., None, :], plan.polar_axis)
-    dt = plan.dtype
-    omega, capture = omega.to(dt), capture.to(dt)
-    polar = polar.to(dt) if polar is not None else None
-    if plan.oversample_thick or plan.oversample_polar or plan.oversample_omega:
-        I = _running_product_sum(term, evaluated, capture, polar, omega, plan)
-    else:
-        I = plan.I_bg.to(dt) + term.reshape(1, -1).sum(dim=1)
-    held_polar = _held_polar(polar, culled, plan, 1)
-    # the simulator's own value of this pixel, with the same run state
+            F = lattice_factor(hkl, frac, dataclasses.replace(plan, n_cells=n))
+            per_axis.append(F[0].reshape(evals))
+    held_polar = rec["held_polar"]
+    if held_polar.dim() > 0:
+        held_polar = held_polar[0]
+    # the pixel's value as the simulator renders it: the recording run lays the evaluations
+    # out in the C's order, which may sum them in another order than the simulator's layout
     value = render_pixels(s_idx, f_idx, dataclasses.replace(
         plan, interp_state=dict(plan.interp_state))).value[0]
-    return dict(P=P[0], airpath=airpath[0], d=d[0], omega=omega[0], capture=capture[0], q=q[0],
-                culled=None if culled is None else culled[0], hkl=hkl[0], hkl0=hkl0[0],
-                F_latt=F_latt[0], per_axis=None if per_axis is None else [x[0] for x in per_axis],
-                evaluated=evaluated[0], F_cell=F_cell[0], term=term[0],
-                polar=None if polar is None else polar[0], held_polar=held_polar, I=I[0], value=value,
-                first_group=first_group)
+    return dict(P=rec["P"][0], airpath=rec["airpath"][0], d=rec["d"][0], omega=rec["omega"][0],
+                capture=rec["capture"][0], q=rec["q"][0].reshape(groups + (3,)), culled=culled,
+                hkl=rec["hkl"][0].reshape(evals + (3,)), hkl0=rec["hkl0"][0].reshape(evals + (3,)),
+                F_latt=rec["F_latt"][0].reshape(evals), per_axis=per_axis,
+                evaluated=rec["evaluated"][0].reshape(evals), F_cell=rec["F_cell"][0].reshape(evals),
+                term=rec["term"][0].reshape(evals),
+                polar=None if rec["polar"] is None else rec["polar"][0],
+                held_polar=held_polar, I=rec["I"][0], value=value, first_group=first_group)
 
 
 def _trace_blocks(setup, plan, ev, say) -> None:
@@ -447,7 +416,7 @@ def _trace_blocks(setup, plan, ev, say) -> None:
                     # (-dmin: the C leaves the source loop before the lattice)
                     _trace_lattice(plan, ev, (t, i, j), ((t * O + i) * O + j) * S, M, phis, say)
                 if S > 2:
-                    _trace_source2(plan, ev, (t, i, j), say)
+                    _trace_source2(plan, ev, (t, i, j), ((t * O + i) * O + j) * S + 2, say)
 
 
 def _trace_lattice(plan, ev, tij, group, M, phis, say) -> None:
@@ -488,8 +457,9 @@ def _trace_lattice(plan, ev, tij, group, M, phis, say) -> None:
             line("F_cell", ev["F_cell"][t, i, j, 0, r])
 
 
-def _trace_source2(plan, ev, tij, say) -> None:
-    """The C's extra lines for source 2 (phi step 0, domain 0), where it is evaluated."""
+def _trace_source2(plan, ev, tij, group, say) -> None:
+    """The C's extra lines for source 2 (phi step 0, domain 0), where it is evaluated;
+    group: its flat (layer, subpixel, source) index."""
     t, i, j = tij
     if ev["culled"] is not None and bool(ev["culled"][t, i, j, 2]):
         return
@@ -500,9 +470,9 @@ def _trace_source2(plan, ev, tij, say) -> None:
     if plan.nopolar and not plan.oversample_polar:
         polar = 1.0
     elif plan.oversample_polar:
-        polar = ev["polar"][t, i, j, 2]
+        polar = ev["polar"][group]
     else:
-        polar = _held_polar_so_far(ev, (t, i, j, 2))
+        polar = _held_polar_so_far(ev, group)
     line("F_cell", F_cell)
     line("F_latt", F_latt)
     line("F_cell_squared", F_cell * F_cell)
@@ -515,16 +485,14 @@ def _trace_source2(plan, ev, tij, say) -> None:
     say("TRACE_C_SOURCE2: source_index 2")
 
 
-def _held_polar_so_far(ev, index):
-    """The C's cached polarisation factor when it reaches index (t, i, j, source): the value at
-    the pixel's first unculled source up to there."""
-    polar = ev["polar"].reshape(-1)
-    T, O, _, S = ev["polar"].shape
-    t, i, j, src = index
-    upto = ((t * O + i) * O + j) * S + src + 1
-    alive = torch.ones(upto, dtype=torch.bool) if ev["culled"] is None else \
-        ~ev["culled"].reshape(-1)[:upto].cpu()
+def _held_polar_so_far(ev, group):
+    """The C's cached polarisation factor when it reaches the flat (layer, subpixel, source)
+    index group: the value at the pixel's first unculled group up to there."""
+    polar = ev["polar"]
+    alive = torch.ones(group + 1, dtype=torch.bool) if ev["culled"] is None else \
+        ~ev["culled"].reshape(-1)[:group + 1].cpu()
     first = torch.nonzero(alive)
+    # (without culling the kernel computes the factor of the first group only)
     return polar[int(first[0, 0])] if first.numel() else 0.0
 
 

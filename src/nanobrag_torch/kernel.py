@@ -67,6 +67,13 @@ class KernelPlan:
     def __post_init__(self):
         # components of every cell as contiguous (R,) arrays: [i, j] is component j of axis i
         self.cell_columns = self.cells.permute(1, 2, 0).contiguous()
+        self.inv_wavelength = 1.0 / self.wavelength                       # (S,)
+        # h = a.(d - i)/lambda = (a.d)/lambda - (a.i)/lambda: the second term per (source, cell)
+        inc = self.incident.t()                                          # (3, S)
+        self.source_terms = torch.stack([
+            (inc[0, :, None] * self.cell_columns[i, 0] + inc[1, :, None] * self.cell_columns[i, 1]
+             + inc[2, :, None] * self.cell_columns[i, 2]) * self.inv_wavelength[:, None]
+            for i in range(3)])                                          # (3, S, R)
 
     @property
     def running_product(self) -> bool:
@@ -87,44 +94,58 @@ class KernelPlan:
 _SINPI = [(-1) ** k * math.pi ** (2 * k + 1) / math.factorial(2 * k + 1) for k in range(11)]
 
 
+def _sinpi_poly(r: torch.Tensor) -> torch.Tensor:
+    """sin(pi r) for |r| <= 1/2 by its Taylor polynomial (degree 21 in float64, 13 in float32:
+    truncation below rounding on that interval)."""
+    coeffs = _SINPI if r.dtype == torch.float64 else _SINPI[:7]
+    r2 = r * r
+    acc = coeffs[-1]
+    for c in reversed(coeffs[:-1]):
+        acc = acc * r2 + c
+    return acc * r
+
+
+def _parity_sign(k: torch.Tensor) -> torch.Tensor:
+    """(-1)^k for integer-valued k."""
+    return 1.0 - 2.0 * (k - 2.0 * torch.floor(0.5 * k))
+
+
 def sinpi(y: torch.Tensor) -> torch.Tensor:
     """sin(pi y) for any real y, with exact argument reduction (pi*y is never rounded).
 
-    y = k + r, k = round(y), |r| <= 1/2: sin(pi y) = (-1)^k sin(pi r), the
-    latter by its Taylor polynomial to degree 21 (truncation 1e-18 on |r| <=
-    1/2). In compiled float64 code it vectorises better than the library sin;
-    float32 and eager code call the library sin on the reduced argument.
+    y = k + r, k = round(y), |r| <= 1/2: sin(pi y) = (-1)^k sin(pi r). Compiled
+    code evaluates sin(pi r) as a polynomial (it vectorises; a library call
+    may not); eager code calls the library sin, one op instead of a dozen.
     """
     k = torch.round(y)
-    if y.dtype != torch.float64 or not torch.compiler.is_compiling():
-        # eager mode: one library call beats eleven small tensor ops
-        return torch.sin(math.pi * (y - k)) * (1.0 - 2.0 * (k - 2.0 * torch.floor(0.5 * k)))
     r = y - k
-    r2 = r * r
-    acc = _SINPI[-1]
-    for c in reversed(_SINPI[:-1]):
-        acc = acc * r2 + c
-    return (acc * r) * (1.0 - 2.0 * (k - 2.0 * torch.floor(0.5 * k)))     # times (-1)^k
+    if torch.compiler.is_compiling():
+        return _sinpi_poly(r) * _parity_sign(k)
+    return torch.sin(math.pi * r) * _parity_sign(k)
 
 
 def sincg(u: torch.Tensor, N: torch.Tensor) -> torch.Tensor:
     """sin(N pi u) / sin(pi u), the lattice transform along one axis (N at u = 0).
 
-    u is h - h0 (spec) or h (the C's form): both give the same value up to a
-    sign for integer N. Near u = 0 (|N u| < 1e-7 in float64, 1e-3 in float32)
-    a second-order expansion keeps value and gradient finite; the dropped
-    terms are below rounding there.
+    u is h (the C's form) or h - h0: the value is periodic up to the sign
+    (-1)^(k (N-1)), k = round(u), which is applied here. Near a node a
+    second-order expansion keeps value and gradient finite (|N r| < 1e-7 in
+    float64, 1e-4 in float32, where the dropped terms are below rounding).
     """
-    tiny = 1e-7 if u.dtype == torch.float64 else 1e-3
     k = torch.round(u)
-    r = u - k
+    return _sincg_reduced(u - k, N) * _parity_sign(k * (N - 1.0))
+
+
+def _sincg_reduced(r: torch.Tensor, N: torch.Tensor) -> torch.Tensor:
+    """sincg for |r| <= 1/2 (no reduction or sign needed)."""
+    tiny = 1e-7 if r.dtype == torch.float64 else 1e-4
     small = (N * r).abs() < tiny
-    u_safe = torch.where(small, torch.full_like(u, 0.5), u)
-    exact = sinpi(N * u_safe) / sinpi(u_safe)
-    # the limit at an integer u = k is N (-1)^(k (N-1)) (k = 0 in spec mode)
-    kn = k * (N - 1.0)
-    sign = 1.0 - 2.0 * (kn - 2.0 * torch.floor(0.5 * kn))
-    taylor = N * (1.0 - (N * N - 1.0) * (math.pi * math.pi / 6.0) * (r * r)) * sign
+    r_safe = torch.where(small, torch.full_like(r, 0.5), r)
+    if torch.compiler.is_compiling():
+        exact = sinpi(N * r_safe) / _sinpi_poly(r_safe)
+    else:
+        exact = sinpi(N * r_safe) / torch.sin(math.pi * r_safe)
+    taylor = N * (1.0 - (N * N - 1.0) * (math.pi * math.pi / 6.0) * (r * r))
     return torch.where(small, taylor, exact)
 
 
@@ -147,8 +168,12 @@ def lattice_factor(hkl: Vec3, frac: Vec3, plan: KernelPlan) -> torch.Tensor:
     """F_latt (SPEC 2.6) from fractional Miller indices hkl and frac = hkl - hkl0 (in plan.dtype)."""
     N = plan.n_cells.to(frac[0].dtype)
     if plan.shape == "square":
-        u = hkl if plan.c_form else frac
-        return sincg(u[0], N[0]) * sincg(u[1], N[1]) * sincg(u[2], N[2])
+        F = _sincg_reduced(frac[0], N[0]) * _sincg_reduced(frac[1], N[1]) * _sincg_reduced(frac[2], N[2])
+        if plan.c_form:
+            # the C's sin(N pi h)/sin(pi h): the same magnitude, sign (-1)^(h0 (N-1)) per axis
+            h0 = [x - f for x, f in zip(hkl, frac)]
+            F = F * _parity_sign(h0[0] * (N[0] - 1.0) + h0[1] * (N[1] - 1.0) + h0[2] * (N[2] - 1.0))
+        return F
     NaNbNc = N[0] * N[1] * N[2]
     if plan.shape == "round":
         hrad_sqr = (frac[0] * frac[0] * N[0] * N[0] + frac[1] * frac[1] * N[1] * N[1]
@@ -238,36 +263,46 @@ def render_pixels(s_idx: torch.Tensor, f_idx: torch.Tensor, plan: KernelPlan,
                   record: dict | None = None) -> ChunkResult:
     """Pixel values (n,) for pixels (s_idx, f_idx): SPEC 4.1 vectorised.
 
+    The evaluations form an (n, Gs, S, R) array (Gs = T*O*O subpixels and
+    layers, S sources, R rotated cells, in the C's order), laid out with its
+    longest axis innermost so that the compiled loop vectorises along it.
     record: if a dict, the intermediates are stored in it in the C's order
-    (for -trace_pixel); the evaluations are then laid out (n, Gp, R).
+    (for -trace_pixel).
     """
     geom = plan.geom
     P = pixel_position_components(geom, s_idx, f_idx, plan.oversample, plan.odet_offsets)  # (n, T, O, O)
     airpath = torch.sqrt(P[0] * P[0] + P[1] * P[1] + P[2] * P[2])
-    d = tuple(x / airpath for x in P)                                   # diffracted unit vectors
+    inv_path = 1.0 / airpath
+    d = tuple(x * inv_path for x in P)                                  # diffracted unit vectors
     omega = solid_angle(airpath, geom)
     capture = capture_fraction(d, geom, plan) if plan.thick else torch.ones_like(omega)
-    q = scattering_vectors(d, plan)                                     # (n, Gp)
+    n, Gs = s_idx.shape[0], omega[0].numel()
+    S, R = plan.incident.shape[0], plan.cells.shape[0]
+    Gp = Gs * S
+    q = scattering_vectors(d, plan) if (plan.culling or record is not None) else None   # (n, Gp)
     culled = culled_by_dmin(q, plan) if plan.culling else None
     polar = None
     if plan.oversample_polar or not plan.nopolar:
         polar = _polarization(d, plan, all_groups=plan.oversample_polar or culled is not None)
 
-    n, Gp = q[0].shape
-    R = plan.cells.shape[0]
     c_order = record is not None or plan.needs_c_order()
-    evals_by_group = c_order or R >= Gp
-    cols = plan.cell_columns                                            # (3, 3, R) contiguous
-    if evals_by_group:                                                  # (n, Gp, R)
-        qe = tuple(x[:, :, None] for x in q)
-    else:                                                               # (n, R, Gp)
-        qe = tuple(x[:, None, :] for x in q)
-        cols = cols[..., None]
-    # Miller indices in float64 whatever the dtype: a float32 h of ~50 carries 4e-6
-    # of rounding, which the sharp lattice transform magnifies
-    hkl = tuple(qe[0] * cols[i, 0] + qe[1] * cols[i, 1] + qe[2] * cols[i, 2] for i in range(3))
-    if plan.cells_first is not None and not plan.first_evaluation_done:
-        hkl = _first_phi_loop(hkl, qe, culled, plan)
+    sizes = {"g": Gs, "s": S, "r": R}
+    order = ("g", "s", "r") if c_order else tuple(sorted(sizes, key=lambda a: sizes[a]))
+    perm = (0,) + tuple(1 + "gsr".index(a) for a in order)
+    lay = lambda x: x.permute(perm)  # noqa: E731  (n, Gs, S, R)-shaped views -> chosen layout
+    # Miller indices, in float64 whatever the dtype (a float32 h of ~50 carries 4e-6 of
+    # rounding, which the sharp lattice transform magnifies), as
+    # h = (a.d)/lambda - (a.i)/lambda: per evaluation one multiply-add per index
+    cols = plan.cell_columns.reshape(3, 3, 1, 1, 1, R)                # (3, 3, n, Gs, S, R) views
+    dg = [x.reshape(n, Gs, 1, 1) for x in d]
+    inv_lambda = lay(plan.inv_wavelength.reshape(1, 1, S, 1))
+    hkl = tuple(lay(dg[0] * cols[i, 0] + dg[1] * cols[i, 1] + dg[2] * cols[i, 2]) * inv_lambda
+                - lay(plan.source_terms[i].reshape(1, 1, S, R)) for i in range(3))
+    if c_order:
+        hkl = tuple(x.reshape(n, Gp, R) for x in hkl)
+        if plan.cells_first is not None and not plan.first_evaluation_done:
+            q = q if q is not None else scattering_vectors(d, plan)
+            hkl = _first_phi_loop(hkl, tuple(x[:, :, None] for x in q), culled, plan)
     hkl0 = tuple(torch.ceil(x - 0.5) for x in hkl)
     F_latt = lattice_factor(hkl, tuple((x - x0).to(plan.dtype) for x, x0 in zip(hkl, hkl0)), plan)
 
@@ -280,9 +315,9 @@ def render_pixels(s_idx: torch.Tensor, f_idx: torch.Tensor, plan: KernelPlan,
             evaluated = evaluated & (F_latt != 0)
     F_cell = structure_factor(hkl, hkl0, evaluated, plan)
     term = F_cell * F_cell * F_latt * F_latt
-    group_weight = _group_weight(plan, culled, n, Gp, term.dtype)
+    group_weight = _group_weight(plan, culled, n, Gs, S, term.dtype)
     if group_weight is not None:
-        term = term * (group_weight[:, :, None] if evals_by_group else group_weight[:, None, :])
+        term = term * (group_weight.reshape(n, Gp, 1) if c_order else lay(group_weight))
 
     dt = plan.dtype
     omega, capture = omega.to(dt), capture.to(dt)
@@ -290,7 +325,12 @@ def render_pixels(s_idx: torch.Tensor, f_idx: torch.Tensor, plan: KernelPlan,
     if plan.running_product:
         I = _running_product_sum(term, evaluated, capture, polar, omega, plan)
     else:
-        I = plan.I_bg.to(dt) + term.sum(dim=(1, 2))
+        # innermost axis first: one fused loop per reduction (a joint sum makes the
+        # compiler materialise the Miller indices for the structure-factor gather)
+        total = term
+        while total.dim() > 1:
+            total = total.sum(dim=-1)
+        I = plan.I_bg.to(dt) + total
     value = plan.scale.to(dt) * I / plan.steps
     if not plan.oversample_thick:
         value = value * capture[:, -1, 0, 0]
@@ -321,14 +361,13 @@ def _polarization(d: Vec3, plan: KernelPlan, all_groups: bool) -> torch.Tensor:
     return polarization_factor(plan.kahn, plan.incident[0], dd, plan.polar_axis)[:, None]
 
 
-def _group_weight(plan: KernelPlan, culled, n, Gp, dtype):
-    """Per (subpixel, source) factor: source weights (spec mode) and the dmin cut."""
+def _group_weight(plan: KernelPlan, culled, n, Gs, S, dtype):
+    """(n, Gs, S, 1) factor per (subpixel, source): source weights (spec mode) and the dmin cut."""
     weight = None
     if plan.source_weight is not None:
-        S = plan.incident.shape[0]
-        weight = plan.source_weight.to(dtype).repeat(Gp // S).expand(n, Gp)
+        weight = plan.source_weight.to(dtype).reshape(1, 1, S, 1).expand(n, Gs, S, 1)
     if culled is not None:
-        keep = (~culled).to(dtype)
+        keep = (~culled).to(dtype).reshape(n, Gs, S, 1)
         weight = keep if weight is None else weight * keep
     return weight
 

@@ -274,9 +274,17 @@ def render_pixels(s_idx: torch.Tensor, f_idx: torch.Tensor, plan: KernelPlan,
     airpath = torch.sqrt(P[0] * P[0] + P[1] * P[1] + P[2] * P[2])
     inv_path = 1.0 / airpath
     d = tuple(x * inv_path for x in P)                                  # diffracted unit vectors
-    omega = solid_angle(airpath, geom)
-    capture = capture_fraction(d, geom, plan) if plan.thick else torch.ones_like(omega)
-    n, Gs = s_idx.shape[0], omega[0].numel()
+    n, Gs = s_idx.shape[0], airpath[0].numel()
+    every_subpixel = record is not None or plan.running_product
+    if every_subpixel:
+        omega = solid_angle(airpath, geom)
+        capture = capture_fraction(d, geom, plan) if plan.thick else torch.ones_like(omega)
+    else:
+        # the C holds these at one subpixel: omega at the first, capture at the last
+        # layer's first (SPEC 4.1); computing only those keeps divisions off the hot loop
+        omega = solid_angle(airpath[:, :1, :1, :1], geom)
+        capture = (capture_fraction(tuple(x[:, :, :1, :1] for x in d), geom, plan)[:, -1:]
+                   if plan.thick else torch.ones_like(omega))
     S, R = plan.incident.shape[0], plan.cells.shape[0]
     Gp = Gs * S
     q = scattering_vectors(d, plan) if (plan.culling or record is not None) else None   # (n, Gp)
@@ -339,7 +347,7 @@ def render_pixels(s_idx: torch.Tensor, f_idx: torch.Tensor, plan: KernelPlan,
         value = value * held_polar
     if not plan.oversample_omega:
         value = value * omega[:, 0, 0, 0]
-        omega_sum = omega[:, 0, 0, 0] * omega[0].numel()
+        omega_sum = omega[:, 0, 0, 0] * Gs
     else:
         omega_sum = omega.reshape(n, -1).sum(dim=1)
     if record is not None:

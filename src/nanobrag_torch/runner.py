@@ -35,27 +35,27 @@ class Stats:
 def image_stats(img32: np.ndarray, rendered: np.ndarray, roi_mask: np.ndarray, oversample: int,
                 pixel_size_m: float) -> Stats:
     """max/mean/rms over rendered pixels, rmsd over the ROI (mask ignored), raster order."""
-    vals = img32[rendered].astype(np.float64)
-    n = vals.size
+    everything = bool(rendered.all())
+    vals32 = img32.ravel() if everything else img32[rendered]
+    n = vals32.size
     max_I, max_x, max_y = 0.0, 0.0, 0.0
-    if n and vals.max() > 0.0:
-        k = int(np.argmax(vals))                         # first of equal maxima, as the C's strict '>'
-        s_all, f_all = np.nonzero(rendered)
-        s, f = s_all[k], f_all[k]
+    if n and vals32.max() > 0.0:
+        # first of equal maxima in raster order, as the C's strict '>'
+        k = int(np.argmax(img32 if everything else np.where(rendered, img32, -np.inf)))
+        s, f = divmod(k, img32.shape[1])
         sub = pixel_size_m / oversample
         # the C reports the position of the pixel's last subpixel
-        max_I = float(vals[k])
+        max_I = float(img32.flat[k])
         max_x = sub * (f * oversample + oversample - 1) + sub / 2.0
         max_y = sub * (s * oversample + oversample - 1) + sub / 2.0
-    total = float(np.sum(vals))
-    sq32 = (img32[rendered] * img32[rendered]).astype(np.float64)   # the C squares in float32
+    total = float(np.sum(vals32, dtype=np.float64))
     with np.errstate(over="ignore", invalid="ignore"):
-        sumsqr = float(np.sum(sq32))
+        sumsqr = float(np.sum(vals32 * vals32, dtype=np.float64))    # the C squares in float32
     sumn = n if n > 0 else 1
     mean = total / sumn
     sumn = n if n > 1 else 2
     rms = float(np.sqrt(sumsqr / (sumn - 1)))
-    roi_vals = img32[roi_mask].astype(np.float64)
+    roi_vals = (img32.ravel() if roi_mask.all() else img32[roi_mask]).astype(np.float64)
     m = roi_vals.size if roi_vals.size > 1 else 2
     rmsd = float(np.sqrt(np.sum((roi_vals - mean) ** 2) / (m - 1)))
     return Stats(max_I, max_x, max_y, mean, rms, rmsd, n)

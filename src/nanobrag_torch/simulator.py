@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from . import beam as beam_mod
+from . import compiled
 from . import crystal as crystal_mod
 from .config import SimConfig
 from .detector import DetectorGeometry, detector_geometry
@@ -26,9 +27,6 @@ from .kernel import KernelPlan, render_pixels
 from .structure import FGrid
 from .units import AVOGADRO, R_E_SQR, WATER_F, WATER_MW
 from .vec import as_tensor
-
-os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR",
-                      os.path.join(os.path.expanduser("~"), ".cache", "nanobrag-torch", "inductor"))
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32, torch.float64: torch.float64,
           torch.float32: torch.float32}
@@ -115,10 +113,12 @@ class Simulator:
         self.last_setup = setup
         geom = setup.geom
         image = torch.zeros(geom.spixels * geom.fpixels, dtype=self.dtype, device=self.device)
+        _keep_freed_memory()
         plan = setup.plan
         per_pixel = plan.oversample ** 2 * setup.thicksteps * plan.incident.shape[0] * plan.cells.shape[0]
         total = setup.pixels_s.numel()
-        batch = min(total, self.config.pixel_batch_size or max(1, EVALS_PER_CHUNK // per_pixel))
+        chunk = EVALS_PER_CHUNK
+        batch = min(total, self.config.pixel_batch_size or max(1, chunk // per_pixel))
         omega_sum = torch.zeros((), dtype=self.geometry_dtype, device=self.device)
         values = []
         for start in range(0, total, batch):
@@ -128,7 +128,10 @@ class Simulator:
             if self.compile and not plan.needs_c_order():
                 # one compiled kernel per run: pad the last chunk to the common size
                 s_idx, f_idx = _pad(s_idx, batch), _pad(f_idx, batch)
-                res = compiled_render_pixels()(s_idx, f_idx, plan)
+                if torch.is_grad_enabled() or self.device.type != "cpu":
+                    res = compiled.compiled_render_pixels()(s_idx, f_idx, plan)
+                else:
+                    res = compiled.aot_kernel(plan, batch)(s_idx, f_idx, plan)
             else:
                 res = render_pixels(s_idx, f_idx, plan)
             values.append(res.value[:kept])
@@ -255,13 +258,37 @@ class Simulator:
             xmin, xmax, ymin, ymax = det.roi
         else:
             xmin, xmax, ymin, ymax = 0, fp, 0, sp
-        s, f = np.meshgrid(np.arange(sp), np.arange(fp), indexing="ij")
+        dev = self.device
+        s = torch.arange(sp, device=dev)[:, None]
+        f = torch.arange(fp, device=dev)[None, :]
         keep = (f >= xmin) & (f <= xmax) & (s >= ymin) & (s <= ymax)
         if det.mask is not None:
-            keep &= np.asarray(det.mask) != 0
-        dev = self.device
-        return (torch.as_tensor(s[keep], device=dev), torch.as_tensor(f[keep], device=dev),
-                (xmin, xmax, ymin, ymax))
+            keep = keep & (torch.as_tensor(np.asarray(det.mask), device=dev) != 0)
+        flat = torch.nonzero(keep.reshape(-1))[:, 0]       # raster order, as the C renders
+        return flat // fp, flat % fp, (xmin, xmax, ymin, ymax)
+
+
+_MALLOC_TUNED = []
+
+
+def _keep_freed_memory() -> None:
+    """Let glibc keep freed chunk buffers instead of returning them to the OS.
+
+    Every pixel chunk allocates its temporaries afresh; by default glibc hands
+    blocks of a few MB straight back (mmap) and the next chunk faults them in
+    again, which costs about a third of a large run. Linux/glibc only; a no-op
+    elsewhere.
+    """
+    if _MALLOC_TUNED:
+        return
+    _MALLOC_TUNED.append(True)
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 << 20)      # M_MMAP_THRESHOLD: glibc's maximum, 32 MB
+        libc.mallopt(-1, 1 << 30)       # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass
 
 
 def _pad(idx: torch.Tensor, size: int) -> torch.Tensor:
@@ -273,21 +300,6 @@ def _pad(idx: torch.Tensor, size: int) -> torch.Tensor:
 def compile_enabled() -> bool:
     """torch.compile may be used unless NANOBRAGG_COMPILE=0 (it needs a C++ compiler on CPU)."""
     return os.environ.get("NANOBRAGG_COMPILE", "1") not in ("0", "false", "no")
-
-
-_COMPILED = []
-
-
-def compiled_render_pixels():
-    """render_pixels through torch.compile (static shapes; one graph per static plan).
-
-    Compiled kernels are cached on disk by PyTorch's inductor (FX graph cache) in
-    $TORCHINDUCTOR_CACHE_DIR, by default ~/.cache/nanobrag-torch/inductor, so a
-    second process skips the C++ compilation.
-    """
-    if not _COMPILED:
-        _COMPILED.append(torch.compile(render_pixels, dynamic=False))
-    return _COMPILED[0]
 
 
 def progress_printer(stream=None):

@@ -1,0 +1,161 @@
+"""Compiled kernels: render_pixels fused into vectorised C++ (or Triton on GPU).
+
+Two routes, same kernel source (kernel.render_pixels):
+
+* Ahead-of-time (AOTInductor), for runs without gradients on the CPU: the
+  kernel is exported once per static plan (flags, shapes, constants) and
+  compiled to a shared library kept in the cache folder; later processes
+  load it in milliseconds, with no tracing or compiling.
+* torch.compile, for runs that need gradients (and on GPUs): traced in
+  every process, its compiled code reused from PyTorch's own cache.
+
+Cache folder: $NANOBRAGG_CACHE_DIR, default ~/.cache/nanobrag-torch
+(aoti/ for the libraries; inductor/ for torch.compile, via
+TORCHINDUCTOR_CACHE_DIR unless that is set).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from . import kernel
+
+CACHE_DIR = Path(os.environ.get("NANOBRAGG_CACHE_DIR",
+                                Path.home() / ".cache" / "nanobrag-torch"))
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(CACHE_DIR / "inductor"))
+# Cold-start savings: the wrapper only sequences the kernels, so it is compiled
+# without optimisation; the vector ISA is taken from the CPU flags instead of
+# being probed by compiling and loading test libraries (about 10 s on a new cache)
+INDUCTOR_OPTIONS = {"cpp.vec_isa_ok": True}
+AOT_OPTIONS = dict(INDUCTOR_OPTIONS, **{"aot_inductor.compile_wrapper_opt_level": "O0"})
+_SOURCES = ("kernel.py", "detector.py", "structure.py", "beam.py", "vec.py", "compiled.py")
+
+
+def _tensor_leaves(obj, path=()):
+    """(path, tensor) for every tensor in a (nested) dataclass, in field order."""
+    if isinstance(obj, torch.Tensor):
+        return [(path, obj)]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out = []
+        for f in dataclasses.fields(obj):
+            if f.init:
+                out += _tensor_leaves(getattr(obj, f.name), path + (f.name,))
+        return out
+    return []
+
+
+def _static_leaves(obj, path=()):
+    """Everything but the tensors' values: what a compiled kernel is specialised on."""
+    if isinstance(obj, torch.Tensor):
+        return [(path, "tensor", tuple(obj.shape), str(obj.dtype), str(obj.device))]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out = []
+        for f in dataclasses.fields(obj):
+            if f.init and f.name not in ("interp_state", "first_evaluation_done"):
+                out += _static_leaves(getattr(obj, f.name), path + (f.name,))
+        return out
+    return [(path, repr(obj))]
+
+
+def _rebuild(obj, values: dict, path=()):
+    if isinstance(obj, torch.Tensor):
+        return values[path]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        changes = {f.name: _rebuild(getattr(obj, f.name), values, path + (f.name,))
+                   for f in dataclasses.fields(obj) if f.init}
+        return dataclasses.replace(obj, **changes)
+    return obj
+
+
+class _Exported(torch.nn.Module):
+    """render_pixels with the plan's tensors as positional inputs (what torch.export needs)."""
+
+    def __init__(self, plan):
+        super().__init__()
+        self.plan = plan
+        self.paths = [p for p, _ in _tensor_leaves(plan)]
+
+    def forward(self, s_idx, f_idx, *tensors):
+        plan = _rebuild(self.plan, dict(zip(self.paths, tensors)))
+        res = kernel.render_pixels(s_idx, f_idx, plan)
+        return res.value, res.omega_sum
+
+
+def _source_hash() -> str:
+    h = hashlib.sha256(torch.__version__.encode())
+    here = Path(__file__).resolve().parent
+    for name in _SOURCES:
+        h.update((here / name).read_bytes())
+    return h.hexdigest()
+
+
+_SOURCE_HASH = _source_hash()
+
+
+def _key(plan, batch: int) -> str:
+    """Cache key: torch version, kernel sources, chunk size and everything static in the plan."""
+    h = hashlib.sha256(_SOURCE_HASH.encode())
+    h.update(repr((batch, _static_leaves(plan))).encode())
+    return h.hexdigest()[:32]
+
+
+class AotKernel:
+    """A loaded ahead-of-time kernel for one static plan and chunk size (CPU)."""
+
+    def __init__(self, plan, batch: int, key: str):
+        self.batch = batch
+        path = CACHE_DIR / "aoti" / f"{key}.so"
+        if not path.exists():
+            _build(plan, batch, path)
+        self.runner = torch._C._aoti.AOTIModelContainerRunnerCpu(str(path), 1)
+
+    def __call__(self, s_idx, f_idx, plan) -> kernel.ChunkResult:
+        inputs = [s_idx, f_idx] + [t.contiguous() for _, t in _tensor_leaves(plan)]
+        value, omega_sum = self.runner.run(inputs)
+        return kernel.ChunkResult(value, omega_sum)
+
+
+def _build(plan, batch: int, path: Path) -> None:
+    """Export render_pixels for this plan and compile it to a shared library at path."""
+    device = plan.geom.pix0.device
+    # distinct tensors (clones): export merges aliased inputs, and the plan shares some
+    s_idx = torch.zeros(batch, dtype=torch.int64, device=device)
+    f_idx = torch.zeros(batch, dtype=torch.int64, device=device)
+    args = (s_idx, f_idx) + tuple(t.detach().clone().contiguous() for _, t in _tensor_leaves(plan))
+    with torch.no_grad():
+        program = torch.export.export(_Exported(plan), args, strict=False)
+        so_path = torch._inductor.aot_compile(program.module(), args, options=AOT_OPTIONS)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    shutil.copyfile(so_path, tmp)
+    os.replace(tmp, path)          # atomic: a concurrent run sees a whole library or none
+
+
+_LOADED: dict = {}
+
+
+def aot_kernel(plan, batch: int) -> AotKernel:
+    """The ahead-of-time kernel for this plan and chunk size, built on first use."""
+    cached = getattr(plan, "_aot_kernel", None)
+    if cached is not None and cached.batch == batch:
+        return cached
+    key = _key(plan, batch)
+    if key not in _LOADED:
+        _LOADED[key] = AotKernel(plan, batch, key)
+    plan._aot_kernel = _LOADED[key]
+    return _LOADED[key]
+
+
+_COMPILED = []
+
+
+def compiled_render_pixels():
+    """render_pixels through torch.compile (static shapes; one graph per static plan)."""
+    if not _COMPILED:
+        _COMPILED.append(torch.compile(kernel.render_pixels, dynamic=False, options=INDUCTOR_OPTIONS))
+    return _COMPILED[0]

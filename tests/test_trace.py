@@ -200,3 +200,17 @@ def test_unrendered_and_outside(run_dir, capsys):
     out = io.StringIO()
     trace_pixel(sim, 40, 3, out=out)
     assert out.getvalue().count("\n") == 1 and "outside the detector" in out.getvalue()
+
+
+def test_printout_pixel_matches_the_c_lines(corpus, run_dir, capsys):
+    """-printout_pixel F S prints the C's per-pixel block; values from corpus trace cubic_basic (128, 160)."""
+    from nanobrag_torch.cli import config_from_args
+    from nanobrag_torch.runner import run
+    args = ("-cell 100 100 100 90 90 90 -default_F 100 -N 5 -lambda 6.2 -distance 100 -pixel 0.1 "
+            "-detpixels 256 -printout_pixel 160 128 -nonoise -nopgm").split()
+    assert run(config_from_args(args)) == 0
+    out = capsys.readouterr().out
+    assert " 160  128 : stol = 2.5397e+07 or 0.0025397" in out
+    assert "hkl= -0.007998 0.008061 0.507813  hkl0= 0 0 1" in out
+    assert " F_cell=100  F_latt=24.6934   I = 6.09763e+06" in out
+    assert "pixel       6.085540771" in out          # the C's float32 pixel, as in the trace

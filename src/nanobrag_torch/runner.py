@@ -120,6 +120,9 @@ def run(cfg: SimConfig, out=None) -> int:
         image = sim.run(progress=progress_printer(out) if show_progress else None)
     if sim.interpolation_warning:
         print(sim.interpolation_warning, file=out)
+    if cfg.output.printout:
+        from .printout import print_pixels
+        print_pixels(sim, out)
     setup = sim.last_setup
     img32 = image.to(torch.float32).cpu().numpy()
     S, F = img32.shape

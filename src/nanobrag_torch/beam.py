@@ -15,7 +15,7 @@ import torch
 from .config import SimConfig
 from .errors import ConfigError
 from .units import SOURCE_DISTANCE_M
-from .vec import as_tensor, cross, dot, rotate_axis, unitize
+from .vec import as_tensor, cross, dot, rotate_axis, unitize, value
 
 
 @dataclass
@@ -37,7 +37,7 @@ def step_plan(n, r, s, default_range, range_only_halves=False):
 
     Decided on values (step counts are static). Returns (n, range, step).
     """
-    f = lambda x: float(x)  # noqa: E731
+    f = value
     if n <= 0:
         if f(r) < 0.0:
             if f(s) <= 0.0:
@@ -96,9 +96,9 @@ def make_sources(cfg: SimConfig, beam_dir: torch.Tensor, polar: torch.Tensor, ve
     accepted = []
     for ih in range(hn):
         for iv in range(vn):
-            hdiv = float(hs) * ih - float(hr) / 2.0
-            vdiv = float(vs) * iv - float(vr) / 2.0
-            if bm.round_div and _outside_ellipse(hdiv, vdiv, hn, vn, float(hr), float(hs), float(vr), float(vs)):
+            hdiv = value(hs) * ih - value(hr) / 2.0
+            vdiv = value(vs) * iv - value(vr) / 2.0
+            if bm.round_div and _outside_ellipse(hdiv, vdiv, hn, vn, value(hr), value(hs), value(vr), value(vs)):
                 continue
             accepted.append((ih, iv))
     if not accepted:

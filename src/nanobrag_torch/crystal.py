@@ -16,7 +16,7 @@ import torch
 from .config import SimConfig
 from .errors import ConfigError
 from .units import deg_to_rad
-from .vec import as_tensor, cross, dot, magnitude, rotate_axis, rotate_umat, rotate_xyz
+from .vec import as_tensor, cross, dot, magnitude, rotate_axis, rotate_umat, rotate_xyz, value
 
 DBL_MIN = 2.2250738585072014e-308
 
@@ -170,7 +170,7 @@ def phi_plan(cfg: SimConfig) -> PhiPlan:
     osc = deg_to_rad(cr.osc_deg) if cr.osc_deg is not None else -1.0
     phistep = deg_to_rad(cr.phistep_deg) if cr.phistep_deg is not None else -1.0
     steps = cr.phisteps if cr.phisteps is not None else -1
-    val = lambda x: float(x)  # noqa: E731  (step counts are static: decide on values)
+    val = value   # step counts are static: decide on values
     if steps < 0:
         if val(osc) < 0.0:
             if val(phistep) <= 0.0:
@@ -203,16 +203,16 @@ def mosaic_plan(cfg: SimConfig) -> tuple[int, object, list[str]]:
     domains = cr.mosaic_domains if cr.mosaic_domains is not None else -1
     notes = []
     if domains <= 0:
-        if spread is None or float(spread) < 0:
+        if spread is None or value(spread) < 0:
             return 1, 0.0, notes
-        if float(spread) == 0.0:
+        if value(spread) == 0.0:
             return 1, spread, notes
         notes.append("WARNING: finite mosaicity with only one domain! upping to 10 mosaic domains")
         return 10, spread, notes
-    if spread is None or float(spread) < 0:
+    if spread is None or value(spread) < 0:
         notes.append("WARNING: no mosaic spread specified.  setting mosaic_domains = 1")
         return 1, 0.0, notes
-    if float(spread) == 0.0:
+    if value(spread) == 0.0:
         notes.append("WARNING: zero mosaic spread specified.  setting mosaic_domains = 1")
         return 1, spread, notes
     return domains, spread, notes
@@ -241,7 +241,8 @@ def mosaic_umats(domains: int, spread_deg, seed: int, dtype, device) -> torch.Te
     """(M, 3, 3) domain rotations from the C generator; domain 0 is the identity.
 
     The angle is float32(float32(spread) * g) as in the C (the product is done
-    in float32); the casts are differentiable, so d/d(spread) flows.
+    in float32). d/d(spread) is that of the unrounded spread * g, in dtype
+    (the rounding enters as a constant correction: the value stays the C's).
     """
     eye = torch.eye(3, dtype=dtype, device=device)
     if domains <= 1:
@@ -252,6 +253,10 @@ def mosaic_umats(domains: int, spread_deg, seed: int, dtype, device) -> torch.Te
     axes = torch.as_tensor(axes, dtype=dtype, device=device)
     g = torch.as_tensor(g, dtype=torch.float32, device=device)
     rot = (spread_rad.to(torch.float32) * g).to(dtype)
+    if spread_rad.requires_grad:
+        # x + (y - x) == y exactly for y the float32 rounding of x (Sterbenz: y - x is exact)
+        smooth = spread_rad * g.to(dtype)
+        rot = smooth + (rot - smooth).detach()
     umats = umat_from_axis_angle(axes, rot)
     return torch.cat((eye[None], umats[1:]), dim=0)
 

@@ -133,7 +133,8 @@ def sincg(u: torch.Tensor, N: torch.Tensor) -> torch.Tensor:
     float64, 1e-4 in float32, where the dropped terms are below rounding).
     """
     k = torch.round(u)
-    return _sincg_reduced(u - k, N) * _parity_sign(k * (N - 1.0))
+    # the sign is a step function of N: rounded, it stays +-1 (no gradient) for non-integer N
+    return _sincg_reduced(u - k, N) * _parity_sign(torch.round(k * (N - 1.0)))
 
 
 def _sincg_reduced(r: torch.Tensor, N: torch.Tensor) -> torch.Tensor:
@@ -171,8 +172,11 @@ def lattice_factor(hkl: Vec3, frac: Vec3, plan: KernelPlan) -> torch.Tensor:
         F = _sincg_reduced(frac[0], N[0]) * _sincg_reduced(frac[1], N[1]) * _sincg_reduced(frac[2], N[2])
         if plan.c_form:
             # the C's sin(N pi h)/sin(pi h): the same magnitude, sign (-1)^(h0 (N-1)) per axis
+            # (the C's N are integers; for a non-integer N, as the API allows, the rounded
+            # exponent keeps the sign +-1 and piecewise constant, as in spec mode)
             h0 = [x - f for x, f in zip(hkl, frac)]
-            F = F * _parity_sign(h0[0] * (N[0] - 1.0) + h0[1] * (N[1] - 1.0) + h0[2] * (N[2] - 1.0))
+            F = F * _parity_sign(torch.round(h0[0] * (N[0] - 1.0) + h0[1] * (N[1] - 1.0)
+                                             + h0[2] * (N[2] - 1.0)))
         return F
     NaNbNc = N[0] * N[1] * N[2]
     if plan.shape == "round":

@@ -26,7 +26,7 @@ from .errors import ConfigError
 from .kernel import KernelPlan, render_pixels
 from .structure import FGrid
 from .units import AVOGADRO, R_E_SQR, WATER_F, WATER_MW
-from .vec import as_tensor
+from .vec import as_tensor, value
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32, torch.float64: torch.float64,
           torch.float32: torch.float32}
@@ -166,7 +166,7 @@ class Simulator:
         cells_first = None
         if mode == "c-parity":
             # C-PARITY-001: where phi == 0 the C reuses the last rotation it computed
-            values = [float(x) for x in phis]
+            values = [value(x) for x in phis]
             carried = crystal_mod.carried_phi_steps(values, first_loop=False)
             first = crystal_mod.carried_phi_steps(values, first_loop=True)
             cells = crystal_mod.rotated_cells(lattice, vec.spindle, phis, umats, carried).reshape(-1, 3, 3)
@@ -199,11 +199,11 @@ class Simulator:
             as_tensor(cfg.dmin_A, dtype, dev) * 1e-10
         plan = KernelPlan(
             geom=geom, oversample=oversample, odet_offsets=offsets, thickstep=thickstep, mu=mu,
-            thick=float(thick) > 0, incident=sources.incident, wavelength=sources.wavelength,
+            thick=value(thick) > 0, incident=sources.incident, wavelength=sources.wavelength,
             source_weight=weight, cells=cells, cells_first=cells_first,
             reciprocal=torch.stack((lattice.a_star, lattice.b_star, lattice.c_star)),
             n_cells=lattice.n_cells, shape=cfg.crystal.shape, fudge=cfg.crystal.fudge, fgrid=fgrid,
-            interpolate=interpolate, water=float(cfg.background.water_um) != 0.0, I_bg=I_bg,
+            interpolate=interpolate, water=value(cfg.background.water_um) != 0.0, I_bg=I_bg,
             scale=R_E_SQR * fluence, steps=steps, dmin=dmin, nopolar=cfg.beam.nopolar,
             kahn=as_tensor(cfg.beam.polarization, dtype, dev), polar_axis=vec.polar,
             oversample_thick=cfg.oversample_thick, oversample_polar=cfg.oversample_polar,
@@ -219,9 +219,9 @@ class Simulator:
 
     def _oversample(self, lattice, geom, lambda0):
         """SPEC 2.9: recommended oversampling from crystal size and reciprocal pixel size."""
-        sizes = [float(crystal_mod.magnitude(v) * n) for v, n in
+        sizes = [value(crystal_mod.magnitude(v) * n) for v, n in
                  zip((lattice.a, lattice.b, lattice.c), lattice.n_cells)]
-        reciprocal_pixel = float(lambda0) * float(geom.distance) / geom.pixel_size_m
+        reciprocal_pixel = value(lambda0) * value(geom.distance) / geom.pixel_size_m
         recommended = int(math.ceil(3.0 * max(sizes) / reciprocal_pixel))
         if recommended <= 0:
             recommended = 1
@@ -245,7 +245,7 @@ class Simulator:
         interp = cfg.crystal.interpolate
         if interp is None:
             # the C decides on the N values as parsed, before -xtalsize and the clamp to 1
-            interp = any(float(n) <= 2 for n in cfg.crystal.n_cells)
+            interp = any(value(n) <= 2 for n in cfg.crystal.n_cells)
         hkl = cfg.crystal.hkl
         if hkl is None or hkl.hkls == 0:
             interp = False

@@ -20,6 +20,17 @@ def as_tensor(x, dtype, device) -> torch.Tensor:
     return torch.as_tensor(x, dtype=dtype, device=device)
 
 
+def value(x) -> float:
+    """A scalar config value (float or tensor) as a Python float, for static decisions.
+
+    Detached first: a decision such as a step count is taken on the value and
+    carries no gradient (and a tensor with requires_grad converts silently).
+    """
+    if isinstance(x, torch.Tensor):
+        return float(x.detach())
+    return float(x)
+
+
 def dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """x . y summed left to right, as the C's dot_product."""
     return x[..., 0] * y[..., 0] + x[..., 1] * y[..., 1] + x[..., 2] * y[..., 2]

@@ -61,7 +61,10 @@ class CrystalConfig:
     cell: Value = None                 # (6,) a b c (A), alpha beta gamma (deg); None: use -mat
     mat: Optional[np.ndarray] = None   # (3, 3) MOSFLM A matrix as read: rows x,y,z; columns a*,b*,c*
     mat_file: Optional[str] = None
-    misset_deg: Value = None           # (3,) rotations about x, y, z; None: no misset
+    misset_deg: Value = None           # (3,) rotations about x, y, z (deg); None: no misset;
+                                       # (B, 3): a batch of B orientations (run() -> (B, ...))
+    orientation: Value = None          # (3, 3) rotation U applied after the misset (to a*, b*, c*,
+                                       # so to a, b, c); (B, 3, 3): a batch; None: identity
     misset_random: bool = False        # -misset random (angles drawn from misset_seed)
     misset_seed: Optional[int] = None  # None: time-based, as the C
     n_cells: Value = (1.0, 1.0, 1.0)   # (3,) Na Nb Nc as parsed (-N 0 stays 0 here; clamped later)

@@ -122,6 +122,10 @@ def crystal_lattice(cfg: SimConfig, mode: str, wavelength_m: torch.Tensor, dtype
         a_star = rotate_xyz(a_star, misset_rad[0], misset_rad[1], misset_rad[2])
         b_star = rotate_xyz(b_star, misset_rad[0], misset_rad[1], misset_rad[2])
         c_star = rotate_xyz(c_star, misset_rad[0], misset_rad[1], misset_rad[2])
+    if cr.orientation is not None:
+        # API only: a rotation after the misset (the real axes follow through the cross products)
+        umat = t(cr.orientation)
+        a_star, b_star, c_star = (rotate_umat(v, umat) for v in (a_star, b_star, c_star))
 
     a_star_x_b_star = cross(a_star, b_star)
     b_star_x_c_star = cross(b_star, c_star)

@@ -216,6 +216,7 @@ def structure_factor(hkl: Vec3, hkl0: Vec3, evaluated: torch.Tensor | None, plan
     first = int(torch.nonzero(flat)[0, 0])
     before = (torch.arange(flat.numel(), device=flat.device) < first).reshape(oor.shape)
     state["active"] = False
+    state["pixel"] = first // (flat.numel() // oor.shape[0])     # chunk-relative pixel of the switch
     h = [float(x.reshape(-1)[first]) for x in hkl]
     h0 = [int(x.reshape(-1)[first]) for x in hkl0]
     state["warning"] = (
@@ -264,14 +265,16 @@ class ChunkResult:
 
 
 def render_pixels(s_idx: torch.Tensor, f_idx: torch.Tensor, plan: KernelPlan,
-                  record: dict | None = None) -> ChunkResult:
+                  record: dict | None = None, c_order: bool | None = None) -> ChunkResult:
     """Pixel values (n,) for pixels (s_idx, f_idx): SPEC 4.1 vectorised.
 
     The evaluations form an (n, Gs, S, R) array (Gs = T*O*O subpixels and
     layers, S sources, R rotated cells, in the C's order), laid out with its
     longest axis innermost so that the compiled loop vectorises along it.
     record: if a dict, the intermediates are stored in it in the C's order
-    (for -trace_pixel).
+    (for -trace_pixel). c_order: force the C's (n, Gs, S, R) layout on or off
+    (None: as the plan's state needs; Simulator.run(pixels=) reproduces the
+    layout a pixel had in the full image, which fixes the summation order).
     """
     geom = plan.geom
     P = pixel_position_components(geom, s_idx, f_idx, plan.oversample, plan.odet_offsets)  # (n, T, O, O)
@@ -297,7 +300,8 @@ def render_pixels(s_idx: torch.Tensor, f_idx: torch.Tensor, plan: KernelPlan,
     if plan.oversample_polar or not plan.nopolar:
         polar = _polarization(d, plan, all_groups=plan.oversample_polar or culled is not None)
 
-    c_order = record is not None or plan.needs_c_order()
+    if c_order is None or record is not None:
+        c_order = record is not None or plan.needs_c_order()
     sizes = {"g": Gs, "s": S, "r": R}
     order = ("g", "s", "r") if c_order else tuple(sorted(sizes, key=lambda a: sizes[a]))
     perm = (0,) + tuple(1 + "gsr".index(a) for a in order)
@@ -393,7 +397,9 @@ def _first_phi_loop(hkl: Vec3, qe: Vec3, culled, plan: KernelPlan) -> Vec3:
     if not bool(flat.any()):
         return hkl
     plan.first_evaluation_done = True
-    first = (torch.arange(flat.numel(), device=flat.device) == torch.argmax(flat.to(torch.int8)))
+    index = torch.argmax(flat.to(torch.int8))
+    plan.first_evaluation_pixel = int(index) // Gp       # chunk-relative (not a dataclass field)
+    first = (torch.arange(flat.numel(), device=flat.device) == index)
     first = first.reshape(n, Gp, 1)
     first_hkl = miller_indices(qe, plan.cells_first)
     return tuple(torch.where(first, a, b) for a, b in zip(first_hkl, hkl))

@@ -9,6 +9,8 @@ torch operations, so gradients flow to any config value given as a tensor.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
 import os
 import sys
@@ -72,7 +74,14 @@ class Simulator:
     """Renders nanoBragg images from a `SimConfig`.
 
     mode: "spec" (default) or "c-parity" (SPEC 0); dtype: torch.float64 or
-    torch.float32 (or their names); device: "cpu", "cuda" or "auto".
+    torch.float32 (or their names); device: "cpu", "cuda" or "auto";
+    compile: use the compiled kernels (None: for runs of >= 1e8 evaluations).
+
+    Construction fixes the static plan: step counts, oversampling, mosaic
+    domains, rendered pixels (ROI, mask), interpolation on/off. `run()` takes
+    every continuous value from the config as it is at call time, so config
+    values replaced by tensors (see docs/gradients.md) carry gradients, and
+    changes made after construction are seen (with or without gradients).
     """
 
     def __init__(self, config: SimConfig, *, mode: str = "spec", dtype=torch.float64, device="cpu",
@@ -88,8 +97,13 @@ class Simulator:
         self.geometry_dtype = torch.float64
         self.device = resolve_device(device)
         self._compile_request = compile
+        configs = orientation_configs(config)
+        self.batch = None if configs is None else len(configs)
         with torch.no_grad():
-            self.static = self._setup(None)
+            # a batch of orientations shares one static plan (nothing static depends on them)
+            self.static = self._setup(None, config if configs is None else configs[0])
+        self._static_fingerprint = fingerprint(config) if configs is None else None
+        self._scan_cache = None
         self.notes = self.static.notes
         # the fused kernel (torch.compile) pays for its compilation on large runs only
         self.compile = compile if compile is not None else (
@@ -102,40 +116,71 @@ class Simulator:
         return (self.static.pixels_s.numel() * p.oversample ** 2 * self.static.thicksteps
                 * p.incident.shape[0] * p.cells.shape[0])
 
-    def run(self, progress=None) -> torch.Tensor:
-        """The float image (spixels, fpixels) in photons per pixel (what -floatfile holds, before float32)."""
+    def run(self, progress=None, pixels=None) -> torch.Tensor:
+        """The float image (spixels, fpixels) in photons per pixel (what -floatfile holds,
+        before its float32 rounding), or the values of some of its pixels.
+
+        Differentiable with respect to every tensor (requires_grad=True) placed in the
+        config: cell, misset, N, mosaic spread, distance, beam centre, detector
+        rotations, two-theta, wavelength, fluence, polarisation, structure factors
+        (docs/gradients.md has the table). Static choices (step counts, oversampling,
+        domain count, interpolation on/off, rendered pixels) stay as decided at
+        construction.
+
+        pixels: None (the whole image), or an integer tensor of flat pixel indices
+            s * fpixels + f, shape (n,), or of (s, f) pairs, shape (n, 2), in any order
+            (repeats allowed). Returns their values, shape (n,), equal bit for bit to the
+            full image at those pixels: same physics (oversampling, thickness, background,
+            polarisation), 0 outside the ROI or the mask, and the same run-wide state as
+            the full image. That state (the tricubic interpolation switch, which goes off
+            at the first out-of-range evaluation of the image in the C's loop order, and
+            c-parity's first phi loop, at the first rendered pixel) depends on pixels
+            not requested: with -interpolate, or in c-parity with -dmin culling, the
+            image is first rendered in order without gradients until the state is known
+            (at worst the whole image; cached while the config is unchanged). Otherwise
+            the cost is that of the n pixels (rounded up to one chunk on the compiled path).
+            Draw the indices with a seeded torch.Generator for reproducible SGD.
+        progress: callback(done, total) after every chunk (full images only).
+
+        A batch of orientations (cfg.crystal.misset_deg of shape (B, 3) and/or
+        cfg.crystal.orientation of shape (B, 3, 3)) adds a leading axis: (B, spixels,
+        fpixels), or (B, n) with pixels.
+        """
+        configs = orientation_configs(self.config)
+        if configs is None:
+            return self._run_one(self.config, progress, pixels)
+        result = torch.stack([self._run_one(cfg, progress, pixels) for cfg in configs])
+        if pixels is None:
+            self.last_image = result
+        return result
+
+    def _run_one(self, cfg: SimConfig, progress, pixels) -> torch.Tensor:
         # continuous quantities are rebuilt from the config (so gradients reach it);
         # step counts and other static choices stay as decided at construction
-        setup = self._setup(self.static) if torch.is_grad_enabled() else self.static
+        if (cfg is self.config and not torch.is_grad_enabled()
+                and fingerprint(cfg) == self._static_fingerprint):
+            setup = self.static
+        else:
+            setup = self._setup(self.static, cfg)
         # the C's interpolation switch is global and sticky within one run
         setup.plan.interp_state = {"active": True, "warning": None}
         setup.plan.first_evaluation_done = False
         self.last_setup = setup
+        _keep_freed_memory()
+        if pixels is not None:
+            return self._run_pixels(setup, cfg, pixels)
         geom = setup.geom
         image = torch.zeros(geom.spixels * geom.fpixels, dtype=self.dtype, device=self.device)
-        _keep_freed_memory()
         plan = setup.plan
-        per_pixel = plan.oversample ** 2 * setup.thicksteps * plan.incident.shape[0] * plan.cells.shape[0]
         total = setup.pixels_s.numel()
-        chunk = EVALS_PER_CHUNK
-        batch = min(total, self.config.pixel_batch_size or max(1, chunk // per_pixel))
+        batch = self._chunk_size(setup)
         omega_sum = torch.zeros((), dtype=self.geometry_dtype, device=self.device)
         values = []
         for start in range(0, total, batch):
-            s_idx = setup.pixels_s[start:start + batch]
-            f_idx = setup.pixels_f[start:start + batch]
-            kept = s_idx.numel()
-            if self.compile and not plan.needs_c_order():
-                # one compiled kernel per run: pad the last chunk to the common size
-                s_idx, f_idx = _pad(s_idx, batch), _pad(f_idx, batch)
-                if torch.is_grad_enabled() or self.device.type != "cpu":
-                    res = compiled.compiled_render_pixels()(s_idx, f_idx, plan)
-                else:
-                    res = compiled.aot_kernel(plan, batch)(s_idx, f_idx, plan)
-            else:
-                res = render_pixels(s_idx, f_idx, plan)
-            values.append(res.value[:kept])
-            omega_sum = omega_sum + res.omega_sum[:kept].sum()
+            value, omega = self._render_chunk(setup.pixels_s[start:start + batch],
+                                              setup.pixels_f[start:start + batch], plan, batch)
+            values.append(value)
+            omega_sum = omega_sum + omega.sum()
             if progress is not None:
                 progress(min(total, start + batch), total)
         if values:
@@ -146,9 +191,141 @@ class Simulator:
         self.last_image = image.reshape(geom.spixels, geom.fpixels)
         return self.last_image
 
+    def _chunk_size(self, setup: Setup) -> int:
+        """Pixels per kernel call: about EVALS_PER_CHUNK evaluations (or -pixel_batch_size)."""
+        plan = setup.plan
+        per_pixel = plan.oversample ** 2 * setup.thicksteps * plan.incident.shape[0] * plan.cells.shape[0]
+        total = setup.pixels_s.numel()
+        return max(1, min(total, self.config.pixel_batch_size or max(1, EVALS_PER_CHUNK // per_pixel)))
+
+    def _render_chunk(self, s_idx, f_idx, plan: KernelPlan, batch: int, c_order=None):
+        """One kernel call: compiled (padded to `batch`) unless the C's order is needed.
+
+        c_order None: decided by the plan's state, as in a full run; True/False: the
+        layout a full run used for these pixels (run(pixels=)).
+        """
+        kept = s_idx.numel()
+        needs_c_order = plan.needs_c_order() if c_order is None else c_order
+        if self.compile and not needs_c_order:
+            # one compiled kernel per run: pad the last chunk to the common size
+            s_idx, f_idx = _pad(s_idx, batch), _pad(f_idx, batch)
+            if torch.is_grad_enabled() or self.device.type != "cpu":
+                res = compiled.compiled_render_pixels()(s_idx, f_idx, plan)
+            else:
+                res = compiled.aot_kernel(plan, batch)(s_idx, f_idx, plan)
+        elif c_order is None:
+            res = render_pixels(s_idx, f_idx, plan)
+        else:
+            res = render_pixels(s_idx, f_idx, plan, c_order=c_order)
+        return res.value[:kept], res.omega_sum[:kept]
+
+    # ------------------------------------------------------------ pixel subsets
+    def _run_pixels(self, setup: Setup, cfg: SimConfig, pixels) -> torch.Tensor:
+        """run(pixels=): the full image's values at the given pixels (see run)."""
+        geom = setup.geom
+        fp, sp = geom.fpixels, geom.spixels
+        idx = torch.as_tensor(pixels, device=self.device)
+        if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
+            raise ConfigError(f"pixels must be integer indices, got {idx.dtype}")
+        if idx.dim() == 2 and idx.shape[1] == 2:
+            flat = idx[:, 0].to(torch.int64) * fp + idx[:, 1].to(torch.int64)
+            bad = (idx[:, 0] < 0) | (idx[:, 0] >= sp) | (idx[:, 1] < 0) | (idx[:, 1] >= fp)
+        elif idx.dim() == 1:
+            flat = idx.to(torch.int64)
+            bad = (flat < 0) | (flat >= fp * sp)
+        else:
+            raise ConfigError(f"pixels must have shape (n,) or (n, 2), got {tuple(idx.shape)}")
+        if bool(bad.any()):
+            raise ConfigError(f"pixel index out of range for a {sp}x{fp} detector")
+        uniq, inverse = torch.unique(flat, sorted=True, return_inverse=True)
+        rendered = setup.pixels_s * fp + setup.pixels_f          # ascending (raster order)
+        total = rendered.numel()
+        pos = torch.searchsorted(rendered, uniq)
+        inside = pos < total
+        inside[inside.clone()] = rendered[pos[inside]] == uniq[inside]
+        ranks = pos[inside]                                       # ascending
+        values = torch.zeros(uniq.numel(), dtype=self.dtype, device=self.device)
+        omega_sum = torch.zeros((), dtype=self.geometry_dtype, device=self.device)
+        warning = None
+        if ranks.numel():
+            batch = self._chunk_size(setup)
+            r_interp, r_first, warning = self._sticky_state(setup, cfg, batch)
+            rendered_values, omega_sum = self._render_ranks(setup, ranks, batch, r_interp, r_first)
+            values = values.index_put((torch.nonzero(inside)[:, 0],), rendered_values)
+        self.omega_sum = omega_sum
+        self.interpolation_warning = warning
+        self.last_pixels = values[inverse]
+        return self.last_pixels
+
+    def _sticky_state(self, setup: Setup, cfg: SimConfig, batch: int):
+        """Where the full image's run-wide state changes: (rank of the pixel holding the
+        first out-of-range evaluation or None, rank of the pixel holding c-parity's first
+        phi loop or None, the interpolation warning). Ranks count rendered pixels in
+        raster order. Found by rendering in the C's order (no gradients) until known."""
+        plan = setup.plan
+        need_interp = plan.interpolate
+        need_first = plan.cells_first is not None
+        if not need_interp and not (need_first and plan.culling):
+            return None, (0 if need_first else None), None      # no culling: the first pixel
+        key = (fingerprint(cfg), batch)
+        if self._scan_cache is not None and self._scan_cache[0] == key:
+            return self._scan_cache[1]
+        r_interp = r_first = None
+        total = setup.pixels_s.numel()
+        with torch.no_grad():
+            plan.interp_state = {"active": True, "warning": None}
+            plan.first_evaluation_done = False
+            for start in range(0, total, batch):
+                render_pixels(setup.pixels_s[start:start + batch], setup.pixels_f[start:start + batch], plan)
+                if need_interp and r_interp is None and not plan.interp_state["active"]:
+                    r_interp = start + plan.interp_state["pixel"]
+                if need_first and r_first is None and plan.first_evaluation_done:
+                    r_first = start + plan.first_evaluation_pixel
+                if (r_interp is not None or not need_interp) and (r_first is not None or not need_first):
+                    break
+        result = (r_interp, r_first, plan.interp_state["warning"])
+        self._scan_cache = (key, result)
+        return result
+
+    def _render_ranks(self, setup: Setup, ranks: torch.Tensor, batch: int, r_interp, r_first):
+        """Render the rendered pixels of the given ranks (ascending) with the state and
+        layout each had in the full image (its chunk's layout: the summation order)."""
+        plan = setup.plan
+        total = setup.pixels_s.numel()
+        chunk_start = torch.div(ranks, batch, rounding_mode="floor") * batch
+        c_order = torch.full_like(ranks, bool(plan.running_product), dtype=torch.bool)
+        active = torch.zeros_like(c_order)
+        done = torch.ones_like(c_order)
+        if plan.interpolate:
+            ri = total if r_interp is None else r_interp             # None: on for the whole image
+            c_order |= chunk_start <= ri
+            active = ranks <= ri
+        if plan.cells_first is not None:
+            rf = total if r_first is None else r_first               # None: never happens
+            c_order |= chunk_start <= rf
+            done = ranks > rf
+        key = c_order.to(torch.int64) * 4 + active.to(torch.int64) * 2 + done.to(torch.int64)
+        # the keys change at most a few times along the ranks (each flag is monotone)
+        cuts = (torch.nonzero(key[1:] != key[:-1])[:, 0] + 1).tolist()
+        bounds = [0] + cuts + [ranks.numel()]
+        values, omega_sum = [], torch.zeros((), dtype=self.geometry_dtype, device=self.device)
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            layout, on, finished = bool(c_order[a]), bool(active[a]), bool(done[a])
+            for start in range(a, b, batch):
+                r = ranks[start:min(b, start + batch)]
+                plan.interp_state = {"active": on, "warning": None}
+                plan.first_evaluation_done = finished
+                value, omega = self._render_chunk(setup.pixels_s[r], setup.pixels_f[r], plan, batch,
+                                                  c_order=layout)
+                values.append(value)
+                omega_sum = omega_sum + omega.sum()
+        return torch.cat(values), omega_sum
+
     # ------------------------------------------------------------------ setup
-    def _setup(self, fixed: Setup | None) -> Setup:
-        cfg, mode, dtype, dev = self.config, self.mode, self.geometry_dtype, self.device
+    def _setup(self, fixed: Setup | None, cfg: SimConfig | None = None) -> Setup:
+        """The setup from cfg (default self.config); `fixed`: keep its static choices."""
+        cfg = self.config if cfg is None else cfg
+        mode, dtype, dev = self.mode, self.geometry_dtype, self.device
         notes = []
         geom = detector_geometry(cfg, mode, dtype, dev)
         vec = geom.vectors
@@ -266,6 +443,59 @@ class Simulator:
             keep = keep & (torch.as_tensor(np.asarray(det.mask), device=dev) != 0)
         flat = torch.nonzero(keep.reshape(-1))[:, 0]       # raster order, as the C renders
         return flat // fp, flat % fp, (xmin, xmax, ymin, ymax)
+
+
+def _ndim(x) -> int:
+    return x.dim() if isinstance(x, torch.Tensor) else int(np.ndim(x))
+
+
+def orientation_configs(cfg: SimConfig) -> list[SimConfig] | None:
+    """One config per orientation of a batch, or None when the config holds one.
+
+    A batch is crystal.misset_deg of shape (B, 3) and/or crystal.orientation of
+    shape (B, 3, 3) (the same B); each config shares everything else (shallow copies).
+    """
+    cr = cfg.crystal
+    m, u = cr.misset_deg, cr.orientation
+    batched_m = m is not None and _ndim(m) == 2
+    batched_u = u is not None and _ndim(u) == 3
+    if not (batched_m or batched_u):
+        return None
+    n = len(m) if batched_m else len(u)
+    if batched_m and batched_u and len(u) != n:
+        raise ConfigError(f"misset batch of {n} and orientation batch of {len(u)} differ")
+    if n == 0:
+        raise ConfigError("empty batch of orientations")
+    return [dataclasses.replace(cfg, crystal=dataclasses.replace(
+        cr, misset_deg=m[i] if batched_m else m, orientation=u[i] if batched_u else u))
+        for i in range(n)]
+
+
+_FINGERPRINT_SKIP = ("output", "notes", "argv")
+
+
+def fingerprint(obj):
+    """A comparable summary of a config's values (tensors and arrays by content).
+
+    Equal fingerprints mean the same simulation inputs; Simulator.run compares the
+    config's with the one taken at construction to decide whether the static
+    setup still describes it.
+    """
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach()
+        if t.numel() <= 64:
+            return ("t", str(t.dtype), tuple(t.shape), tuple(t.reshape(-1).tolist()))
+        data = t.cpu().contiguous().numpy().tobytes()
+        return ("t", str(t.dtype), tuple(t.shape), hashlib.blake2b(data, digest_size=16).digest())
+    if isinstance(obj, np.ndarray):
+        data = np.ascontiguousarray(obj).tobytes()
+        return ("a", str(obj.dtype), obj.shape, hashlib.blake2b(data, digest_size=16).digest())
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return tuple((f.name, fingerprint(getattr(obj, f.name))) for f in dataclasses.fields(obj)
+                     if f.name not in _FINGERPRINT_SKIP)
+    if isinstance(obj, (list, tuple)):
+        return ("l", tuple(fingerprint(x) for x in obj))
+    return obj
 
 
 _MALLOC_TUNED = []

@@ -217,7 +217,7 @@ def structure_factor(hkl: Vec3, hkl0: Vec3, evaluated: torch.Tensor | None, plan
     before = (torch.arange(flat.numel(), device=flat.device) < first).reshape(oor.shape)
     state["active"] = False
     state["pixel"] = first // (flat.numel() // oor.shape[0])     # chunk-relative pixel of the switch
-    h = [float(x.reshape(-1)[first]) for x in hkl]
+    h = [float(x.detach().reshape(-1)[first]) for x in hkl]
     h0 = [int(x.reshape(-1)[first]) for x in hkl0]
     state["warning"] = (
         "WARNING: out of range for three point interpolation: h,k,l,h0,k0,l0: "

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.autograd import forward_ad
 
 from . import beam as beam_mod
 from . import compiled
@@ -482,6 +483,8 @@ def fingerprint(obj):
     setup still describes it.
     """
     if isinstance(obj, torch.Tensor):
+        if forward_ad.unpack_dual(obj).tangent is not None:
+            return ("dual", object())       # forward-mode AD: never equal (always rebuilt)
         t = obj.detach()
         if t.numel() <= 64:
             return ("t", str(t.dtype), tuple(t.shape), tuple(t.reshape(-1).tolist()))

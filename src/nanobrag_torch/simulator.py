@@ -26,7 +26,7 @@ from . import crystal as crystal_mod
 from .config import SimConfig
 from .detector import DetectorGeometry, detector_geometry
 from .errors import ConfigError
-from .kernel import KernelPlan, render_pixels
+from .kernel import ChunkResult, KernelPlan, render_pixels
 from .structure import FGrid
 from .units import AVOGADRO, R_E_SQR, WATER_F, WATER_MW
 from .vec import as_tensor, value
@@ -214,10 +214,8 @@ class Simulator:
                 res = compiled.compiled_render_pixels()(s_idx, f_idx, plan)
             else:
                 res = compiled.aot_kernel(plan, batch)(s_idx, f_idx, plan)
-        elif c_order is None:
-            res = render_pixels(s_idx, f_idx, plan)
         else:
-            res = render_pixels(s_idx, f_idx, plan, c_order=c_order)
+            res = _eager_chunk(s_idx, f_idx, plan, c_order)
         return res.value[:kept], res.omega_sum[:kept]
 
     # ------------------------------------------------------------ pixel subsets
@@ -444,6 +442,68 @@ class Simulator:
             keep = keep & (torch.as_tensor(np.asarray(det.mask), device=dev) != 0)
         flat = torch.nonzero(keep.reshape(-1))[:, 0]       # raster order, as the C renders
         return flat // fp, flat % fp, (xmin, xmax, ymin, ymax)
+
+
+def _eager_chunk(s_idx, f_idx, plan: KernelPlan, c_order=None) -> ChunkResult:
+    """render_pixels; with gradients, as a recomputing autograd Function (_Recomputed)."""
+    kwargs = {} if c_order is None else {"c_order": c_order}
+    leaves = compiled._tensor_leaves(plan)
+    if not (torch.is_grad_enabled() and any(t.requires_grad for _, t in leaves)):
+        return render_pixels(s_idx, f_idx, plan, **kwargs)
+    paths = [p for p, _ in leaves]
+    before = (dict(plan.interp_state), plan.first_evaluation_done)
+
+    def render(tensors, s, f, recompute):
+        chunk_plan = compiled._rebuild(plan, dict(zip(paths, tensors)))
+        # the run-wide state: the recomputation starts from a copy of this chunk's
+        # starting state; the forward pass works on (and leaves its result in) the plan's
+        chunk_plan.interp_state = dict(before[0]) if recompute else plan.interp_state
+        chunk_plan.first_evaluation_done = before[1]
+        res = render_pixels(s, f, chunk_plan, **kwargs)
+        if not recompute:
+            plan.interp_state = chunk_plan.interp_state
+            plan.first_evaluation_done = chunk_plan.first_evaluation_done
+            if hasattr(chunk_plan, "first_evaluation_pixel"):
+                plan.first_evaluation_pixel = chunk_plan.first_evaluation_pixel
+        return res.value, res.omega_sum
+
+    value, omega_sum = _Recomputed.apply(render, s_idx, f_idx, *[t for _, t in leaves])
+    return ChunkResult(value, omega_sum)
+
+
+class _Recomputed(torch.autograd.Function):
+    """A chunk rendered without recording the graph; the backward pass renders it again
+    with gradients and differentiates that (activation checkpointing).
+
+    Recording the forward pass would keep ~1 kB per evaluation (10 GB for a 128x128
+    image of 13M evaluations) and interleave the graph's small allocations with the
+    chunk buffers (the heap then grows chunk after chunk). This way a gradient run
+    holds one chunk's intermediates at a time, and its forward pass costs what a run
+    without gradients costs; the backward pass costs a forward pass with gradients
+    plus its differentiation. The Function's inputs are the plan's tensors, so
+    torch.autograd.grad and backward() both work (first derivatives only).
+    """
+
+    @staticmethod
+    def forward(ctx, render, s_idx, f_idx, *tensors):
+        ctx.render = render
+        ctx.save_for_backward(s_idx, f_idx, *tensors)
+        value, omega_sum = render(tensors, s_idx, f_idx, recompute=False)
+        return value, omega_sum
+
+    @staticmethod
+    def backward(ctx, grad_value, grad_omega_sum):
+        s_idx, f_idx, *tensors = ctx.saved_tensors
+        wanted = ctx.needs_input_grad[3:]
+        with torch.enable_grad():
+            inputs = [t.detach().requires_grad_(w) for t, w in zip(tensors, wanted)]
+            outputs = ctx.render(inputs, s_idx, f_idx, recompute=True)
+            pairs = [(o, g) for o, g in zip(outputs, (grad_value, grad_omega_sum))
+                     if g is not None and o.requires_grad]
+            sources = [x for x, w in zip(inputs, wanted) if w]
+            grads = iter(torch.autograd.grad([o for o, _ in pairs], sources, [g for _, g in pairs],
+                                             allow_unused=True) if pairs else [None] * len(sources))
+        return (None, None, None) + tuple(next(grads) if w else None for w in wanted)
 
 
 def _ndim(x) -> int:

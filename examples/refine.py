@@ -213,7 +213,7 @@ def levenberg_marquardt(prob: Problem, z, stages, max_iterations: int, record):
             z, r, cost, lam = z + step, r_new, float(r_new @ r_new), max(lam / 10.0, 1e-9)
             it += 1
             record(it, z)
-            if decrease < 1e-6 or float(step.abs().max()) < 1e-6:
+            if decrease < 1e-6 or float(step.abs().max()) < 1e-4:
                 break                                  # converged at this resolution
     return z
 

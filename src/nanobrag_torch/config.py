@@ -6,9 +6,15 @@ given": the C's defaulting rules (conventions, pivots, auto step counts,
 oversampling) are applied later by the simulator, so a value changed after
 parsing takes part in them as if it had been given on the command line.
 
-Continuous values listed in the README (``crystal.cell``, ``crystal.misset_deg``,
-``detector.distance_mm`` ...) may be replaced by torch tensors, also with
-``requires_grad=True``; everything else is plain Python (counts, flags, names).
+Continuous values may be replaced by torch tensors (float64 or float32), also with
+``requires_grad=True``: ``Simulator(cfg).run()`` is then differentiable with respect
+to them. The differentiable fields, marked "grad" below (docs/gradients.md has the
+table with shapes and units): crystal.cell, crystal.misset_deg (also a (B, 3) batch),
+crystal.orientation, crystal.n_cells, crystal.mosaic_spread_deg, crystal.hkl.F,
+detector.distance_mm, detector.beam_center_mm, detector.rotation_deg,
+detector.twotheta_deg, beam.wavelength_A, beam.fluence, beam.polarization.
+Everything else is plain Python (counts, flags, names); values that decide step
+counts or other static choices are read as numbers when the Simulator is built.
 
 Files are read at parse time (so bad files fail before anything is written);
 their contents live here: `HKLData`, the -mat matrix, `SourceList`, the mask.
@@ -30,7 +36,8 @@ class HKLData:
 
     ``F`` has shape (h_max-h_min+2, k_max-k_min+2, l_max-l_min+2): the C
     allocates one zero padding slab past the maximum index on every axis.
-    ``F`` may be a numpy array or a torch tensor (replace it to refine F).
+    ``F`` may be a numpy array or a torch tensor (grad: replace it by a tensor with
+    requires_grad=True to refine structure factors; same shape, padding included).
     ``hkls`` counts the entries read (0 disables lookups: default_F only).
     """
     F: Any
@@ -58,20 +65,21 @@ class SourceList:
 
 @dataclass
 class CrystalConfig:
-    cell: Value = None                 # (6,) a b c (A), alpha beta gamma (deg); None: use -mat
+    cell: Value = None                 # grad (6,) a b c (A), alpha beta gamma (deg); None: use -mat
     mat: Optional[np.ndarray] = None   # (3, 3) MOSFLM A matrix as read: rows x,y,z; columns a*,b*,c*
     mat_file: Optional[str] = None
-    misset_deg: Value = None           # (3,) rotations about x, y, z (deg); None: no misset;
+    misset_deg: Value = None           # grad (3,) rotations about x, y, z (deg); None: no misset;
                                        # (B, 3): a batch of B orientations (run() -> (B, ...))
-    orientation: Value = None          # (3, 3) rotation U applied after the misset (to a*, b*, c*,
+    orientation: Value = None          # grad (3, 3) rotation U applied after the misset (to a*, b*, c*,
                                        # so to a, b, c); (B, 3, 3): a batch; None: identity
     misset_random: bool = False        # -misset random (angles drawn from misset_seed)
     misset_seed: Optional[int] = None  # None: time-based, as the C
-    n_cells: Value = (1.0, 1.0, 1.0)   # (3,) Na Nb Nc as parsed (-N 0 stays 0 here; clamped later)
+    n_cells: Value = (1.0, 1.0, 1.0)   # grad (3,) Na Nb Nc as parsed (-N 0 stays 0 here; clamped later);
+                                       # non-integer values allowed
     sample_size_mm: list = field(default_factory=lambda: [0.0, 0.0, 0.0])  # x y z; 0 = unset
     shape: str = "square"              # square | round | gauss | tophat
     fudge: float = 1.0
-    mosaic_spread_deg: Value = None    # None: unset
+    mosaic_spread_deg: Value = None    # grad () deg, the domain draws fixed; None: unset
     mosaic_domains: Optional[int] = None
     mosaic_seed: int = 12345678        # positive; the C stores and uses -seed
     phi_deg: Value = 0.0               # start angle phi0
@@ -91,16 +99,16 @@ class DetectorConfig:
     convention: str = "MOSFLM"         # MOSFLM DENZO ADXV XDS DIALS CUSTOM
     pivot: Optional[str] = None        # explicit -pivot (BEAM | SAMPLE), last one given
     pivot_from_flags: str = "BEAM"     # the C's running pivot after all flags (argv order)
-    distance_mm: Value = None          # None: 100 mm
+    distance_mm: Value = None          # grad () -distance; None: 100 mm
     close_distance_mm: Value = None
     pixel_size_mm: float = 0.1
     detsize_mm: list = field(default_factory=lambda: [102.4, 102.4])   # fast, slow
     detpixels: list = field(default_factory=lambda: [None, None])      # fast, slow (CLI or header)
-    beam_center_mm: Value = field(default_factory=lambda: [None, None])   # -Xbeam -Ybeam
+    beam_center_mm: Value = field(default_factory=lambda: [None, None])   # grad (2,) -Xbeam -Ybeam
     close_center_mm: list = field(default_factory=lambda: [None, None])   # -Xclose -Yclose
     org_px: list = field(default_factory=lambda: [None, None])            # -ORGX -ORGY
-    rotation_deg: Value = field(default_factory=lambda: [0.0, 0.0, 0.0])  # -detector_rotx/y/z
-    twotheta_deg: Value = 0.0
+    rotation_deg: Value = field(default_factory=lambda: [0.0, 0.0, 0.0])  # grad (3,) -detector_rotx/y/z
+    twotheta_deg: Value = 0.0          # grad () -twotheta
     fdet_vector: Optional[list] = None
     sdet_vector: Optional[list] = None
     odet_vector: Optional[list] = None
@@ -146,7 +154,7 @@ def _pixel_count(count, size_mm, px_mm):
 
 @dataclass
 class BeamConfig:
-    wavelength_A: Value = 1.0
+    wavelength_A: Value = 1.0          # grad () -lambda (A)
     dispersion_pct: Value = 0.0
     dispsteps: Optional[int] = None
     hdivrange_mrad: Value = None
@@ -158,9 +166,9 @@ class BeamConfig:
     round_div: bool = True
     beam_vector: Optional[list] = None   # custom propagation direction
     polar_vector: Optional[list] = None  # custom E-vector axis
-    polarization: Value = 0.0            # Kahn factor K (-polar)
+    polarization: Value = 0.0            # grad () Kahn factor K (-polar)
     nopolar: bool = False
-    fluence: Value = 125932015286227086360700780544.0   # photons/m^2, after flux rules
+    fluence: Value = 125932015286227086360700780544.0   # grad () photons/m^2, after flux rules
     flux: float = 0.0
     exposure_s: float = 1.0
     beamsize_mm: float = 0.1

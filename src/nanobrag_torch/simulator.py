@@ -532,7 +532,8 @@ def orientation_configs(cfg: SimConfig) -> list[SimConfig] | None:
         for i in range(n)]
 
 
-_FINGERPRINT_SKIP = ("output", "notes", "argv")
+# not inputs to the continuous setup (the mask is static: it fixes the rendered pixels)
+_FINGERPRINT_SKIP = ("output", "notes", "argv", "mask")
 
 
 def fingerprint(obj):

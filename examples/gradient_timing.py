@@ -89,7 +89,8 @@ def main(argv=None) -> int:
                 r = measure(args, path == "compiled", opts.dtype, opts.repeats, work)
                 r.update(case=case, path=path, ratio=r["backward_s"] / r["forward_grad_s"])
                 rows.append(r)
-                print(f"{case:24s} {path:8s} {r['evaluations'] / 1e6:6.1f}M evals  forward {r['forward_nograd_s']:.3f} s"
+                print(f"{case:24s} {path:8s} {r['evaluations'] / 1e6:6.1f}M evals"
+                      f"  forward {r['forward_nograd_s']:.3f} s"
                       f" (with grad {r['forward_grad_s']:.3f} s)  backward {r['backward_s']:.3f} s"
                       f"  backward/forward {r['ratio']:.2f}  peak RSS {r['peak_rss_mb']:.0f} MB"
                       f"  first run with grad {r['first_forward_grad_s'] + r['first_backward_s']:.1f} s",

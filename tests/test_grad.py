@@ -234,11 +234,12 @@ def test_compiled_gradients_equal_eager():
 # ------------------------------------------------------------ float32
 def test_float32_gradients_agree_with_float64():
     """A 256x256 image: float32 gradients of a loss agree with float64 to 1e-3."""
-    args = CRYSTAL[:6] + "-misset 10 20 30 -default_F 100 -N 5 -lambda 1.0 -distance 100 -pixel 0.1 -detpixels 256".split()
+    args = CRYSTAL[:6] + ("-misset 10 20 30 -default_F 100 -N 5 -lambda 1.0 -distance 100 -pixel 0.1 "
+                          "-detpixels 256").split()
     target = Simulator(config_from_args(args)).run().detach()
     values = {"crystal.cell": [70.2, 79.9, 90.1, 75.1, 85.0, 94.9], "crystal.misset_deg": [10.1, 19.9, 30.05],
-              "detector.distance_mm": 100.5, "detector.beam_center_mm": [12.9, 12.8], "beam.wavelength_A": 1.001,
-              "crystal.n_cells": [5.0, 5.0, 5.0]}
+              "detector.distance_mm": 100.5, "detector.beam_center_mm": [12.9, 12.8],
+              "beam.wavelength_A": 1.001, "crystal.n_cells": [5.0, 5.0, 5.0]}
 
     def grads(dtype):
         cfg = config_from_args(args)

@@ -19,7 +19,8 @@ ORTHO_SMALL_HKL = ("-cell 50 60 70 90 90 90 -misset 2 3 4 -lambda 1.0 -distance 
 CASES = {
     # (args, mode, expected (rank of the interpolation switch, rank of the first phi loop))
     "oversample_thick_absorb_polar": (TRI + ("-default_F 100 -N 5 -oversample 2 -detector_thick 100 "
-                                             "-detector_thicksteps 2 -polar 0.6 -water 1").split(), "spec", None),
+                                             "-detector_thicksteps 2 -polar 0.6 -water 1").split(),
+                                      "spec", None),
     "running_product": (TRI + "-default_F 100 -N 5 -oversample 2 -oversample_omega -oversample_polar".split(),
                         "spec", None),
     "roi": (TRI + "-default_F 100 -N 5 -roi 5 40 3 30 -mosaic 0.5 -mosaic_domains 4".split(), "spec", None),
@@ -98,7 +99,8 @@ def test_pixels_gradients_equal_full_image_gradients(run_dir):
 
 def test_pixels_compiled_path(run_dir):
     """With compile=True the pixels go through the same compiled kernel as the full image."""
-    sim = simulator(ORTHO_SMALL_HKL + "-dmin 14 -phi 0 -osc 0.5 -phisteps 2".split(), "c-parity", compile=True)
+    args = ORTHO_SMALL_HKL + "-dmin 14 -phi 0 -osc 0.5 -phisteps 2".split()
+    sim = simulator(args, "c-parity", compile=True)
     with torch.no_grad():
         full = sim.run().reshape(-1)
         idx = random_pixels(full.numel(), 300, 4)

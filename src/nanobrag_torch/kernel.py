@@ -60,6 +60,8 @@ class KernelPlan:
     oversample_polar: bool
     oversample_omega: bool
     c_form: bool = False              # c-parity: the C's own closed forms (float64)
+    first_incident: torch.Tensor | None = None   # (3,) source of the held polarisation when
+                                                 # `incident` is a slice of the sources
     dtype: torch.dtype = torch.float64   # dtype of the lattice/structure-factor arithmetic
     interp_state: dict = field(default_factory=lambda: {"active": True, "warning": None})
     first_evaluation_done: bool = False
@@ -424,7 +426,8 @@ def _polarization(d: Vec3, plan: KernelPlan, all_groups: bool) -> torch.Tensor:
         dd = torch.stack([x.reshape(n, -1, 1) for x in d], -1)             # (n, T*O*O, 1, 3)
         return polarization_factor(plan.kahn, plan.incident, dd, plan.polar_axis).reshape(n, -1)
     dd = torch.stack([x[:, 0, 0, 0] for x in d], -1)                       # (n, 3)
-    return polarization_factor(plan.kahn, plan.incident[0], dd, plan.polar_axis)[:, None]
+    first = plan.incident[0] if plan.first_incident is None else plan.first_incident
+    return polarization_factor(plan.kahn, first, dd, plan.polar_axis)[:, None]
 
 
 def _group_weight(plan: KernelPlan, culled, n, Gs, S, dtype):

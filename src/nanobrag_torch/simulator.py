@@ -207,6 +207,14 @@ class Simulator:
         """
         kept = s_idx.numel()
         needs_c_order = plan.needs_c_order() if c_order is None else c_order
+        parts = None if needs_c_order else split_plan(plan, EVALS_PER_CHUNK // kept)
+        if parts is not None:
+            # more evaluations per pixel than a chunk holds: sum over slices of them
+            value = omega = None
+            for part in parts:
+                v, o = self._render_chunk(s_idx, f_idx, part, batch, c_order)
+                value, omega = (v, o) if value is None else (value + v, omega)
+            return value, omega
         if self.compile and not needs_c_order:
             # one compiled kernel per run: pad the last chunk to the common size
             s_idx, f_idx = _pad(s_idx, batch), _pad(f_idx, batch)
@@ -583,6 +591,38 @@ def _keep_freed_memory() -> None:
         libc.mallopt(-1, 1 << 30)       # M_TRIM_THRESHOLD
     except (OSError, AttributeError):
         pass
+
+
+def split_plan(plan: KernelPlan, max_evals: int) -> list[KernelPlan] | None:
+    """Slices of the rotated cells (then of the sources) so that one pixel's evaluations
+    in each slice fit in max_evals; None when they already do.
+
+    The pixel value is linear in the sum over evaluations, so the slices' values add
+    up to it: the background enters through the first slice only, and every slice
+    holds the polarisation of the run's first source, as the C does. Not for the
+    runs that need the C's evaluation order (they are never split) or a dmin cut
+    (which decides the held polarisation per source).
+    """
+    cached = getattr(plan, "_split", None)
+    if cached is not None and cached[0] == max_evals:
+        return cached[1]
+    Gs = plan.oversample ** 2 * plan.odet_offsets.shape[0]
+    S, R = plan.incident.shape[0], plan.cells.shape[0]
+    parts = None
+    if Gs * S * R > max(max_evals, 1) and not plan.culling:
+        r_size = max(1, min(R, max_evals // (Gs * S)))
+        s_size = S if r_size > 1 or Gs * S <= max_evals else max(1, max_evals // Gs)
+        parts = []
+        for s0 in range(0, S, s_size):
+            for r0 in range(0, R, r_size):
+                parts.append(dataclasses.replace(
+                    plan, cells=plan.cells[r0:r0 + r_size], incident=plan.incident[s0:s0 + s_size],
+                    wavelength=plan.wavelength[s0:s0 + s_size],
+                    source_weight=None if plan.source_weight is None else plan.source_weight[s0:s0 + s_size],
+                    first_incident=plan.incident[0],
+                    I_bg=plan.I_bg if not parts else torch.zeros_like(plan.I_bg)))
+    plan._split = (max_evals, parts)
+    return parts
 
 
 def _pad(idx: torch.Tensor, size: int) -> torch.Tensor:

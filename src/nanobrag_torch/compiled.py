@@ -15,10 +15,13 @@ TORCHINDUCTOR_CACHE_DIR unless that is set).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
 import shutil
+import threading
+import warnings
 from pathlib import Path
 
 import torch
@@ -28,11 +31,15 @@ from . import kernel
 CACHE_DIR = Path(os.environ.get("NANOBRAGG_CACHE_DIR",
                                 Path.home() / ".cache" / "nanobrag-torch"))
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(CACHE_DIR / "inductor"))
-# Cold-start savings: the wrapper only sequences the kernels, so it is compiled
-# without optimisation; the vector ISA is taken from the CPU flags instead of
-# being probed by compiling and loading test libraries (about 10 s on a new cache)
+# Cold-start savings: the vector ISA is taken from the CPU flags instead of being
+# probed by compiling and loading test libraries (about 10 s on a new cache); the
+# wrapper only sequences the kernels, so it is compiled without optimisation or line
+# tables; no precompiled headers (building them costs 12 s, more than one compile
+# saves, and they would live outside our cache folder)
 INDUCTOR_OPTIONS = {"cpp.vec_isa_ok": True}
-AOT_OPTIONS = dict(INDUCTOR_OPTIONS, **{"aot_inductor.compile_wrapper_opt_level": "O0"})
+AOT_OPTIONS = dict(INDUCTOR_OPTIONS, **{"aot_inductor.compile_wrapper_opt_level": "O0",
+                                         "aot_inductor.enable_line_tables": False,
+                                         "aot_inductor.precompile_headers": False})
 _SOURCES = ("kernel.py", "detector.py", "structure.py", "beam.py", "vec.py", "compiled.py")
 
 
@@ -127,13 +134,63 @@ def _build(plan, batch: int, path: Path) -> None:
     s_idx = torch.zeros(batch, dtype=torch.int64, device=device)
     f_idx = torch.zeros(batch, dtype=torch.int64, device=device)
     args = (s_idx, f_idx) + tuple(t.detach().clone().contiguous() for _, t in _tensor_leaves(plan))
-    with torch.no_grad():
+    with torch.no_grad(), _wrapper_compiled_alongside(), warnings.catch_warnings():
+        # torch's own pickling of its tree specs warns about its own deprecation
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*deprecated", category=FutureWarning)
         program = torch.export.export(_Exported(plan), args, strict=False)
         so_path = torch._inductor.aot_compile(program.module(), args, options=AOT_OPTIONS)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     shutil.copyfile(so_path, tmp)
     os.replace(tmp, path)          # atomic: a concurrent run sees a whole library or none
+
+
+@contextlib.contextmanager
+def _wrapper_compiled_alongside():
+    """Compile AOTInductor's wrapper (C++ compiler, in a thread) while its kernel
+    compiles: the two are independent and otherwise run one after the other
+    (about 3 s of a cold start on 2 cores). Any later build step waits for it."""
+    try:
+        from torch._inductor.cpp_builder import CppBuilder
+        build = CppBuilder.build
+    except (ImportError, AttributeError):        # another torch: compile as it does
+        yield
+        return
+    pending: list = []
+
+    def join():
+        while pending:
+            thread, errors = pending.pop()
+            thread.join()
+            if errors:
+                raise errors[0]
+
+    def concurrent_build(builder):
+        if not pending and builder.get_target_file_path().endswith(".wrapper.o"):
+            errors: list = []
+
+            def run():
+                try:
+                    build(builder)
+                except BaseException as e:     # re-raised by join()
+                    errors.append(e)
+            thread = threading.Thread(target=run, daemon=True)
+            thread.start()
+            pending.append((thread, errors))
+            return None
+        try:
+            return build(builder)
+        finally:
+            join()
+
+    CppBuilder.build = concurrent_build
+    try:
+        yield
+        join()
+    finally:
+        CppBuilder.build = build
+        for thread, _ in pending:
+            thread.join()
 
 
 _LOADED: dict = {}

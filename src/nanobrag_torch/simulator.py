@@ -207,7 +207,7 @@ class Simulator:
         """
         kept = s_idx.numel()
         needs_c_order = plan.needs_c_order() if c_order is None else c_order
-        parts = None if needs_c_order else split_plan(plan, EVALS_PER_CHUNK // kept)
+        parts = None if needs_c_order else split_plan(plan, EVALS_PER_CHUNK)
         if parts is not None:
             # more evaluations per pixel than a chunk holds: sum over slices of them
             value = omega = None
@@ -249,7 +249,8 @@ class Simulator:
         total = rendered.numel()
         pos = torch.searchsorted(rendered, uniq)
         inside = pos < total
-        inside[inside.clone()] = rendered[pos[inside]] == uniq[inside]
+        if total:
+            inside &= rendered[pos.clamp(max=total - 1)] == uniq
         ranks = pos[inside]                                       # ascending
         values = torch.zeros(uniq.numel(), dtype=self.dtype, device=self.device)
         omega_sum = torch.zeros((), dtype=self.geometry_dtype, device=self.device)

@@ -15,6 +15,7 @@ import torch
 
 from nanobrag_torch import crystal
 from nanobrag_torch.cli import config_from_args
+from rotations import axis_angle, rx, ry, rz
 from nanobrag_torch.config import SimConfig
 
 F64 = torch.float64
@@ -40,28 +41,6 @@ def npv(t):
 
 def angle_deg(x, y):
     return math.degrees(math.acos(np.dot(x, y) / np.linalg.norm(x) / np.linalg.norm(y)))
-
-
-def rx(a):
-    c, s = math.cos(a), math.sin(a)
-    return np.array([[1, 0, 0], [0, c, -s], [0, s, c]], dtype=float)
-
-
-def ry(a):
-    c, s = math.cos(a), math.sin(a)
-    return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]], dtype=float)
-
-
-def rz(a):
-    c, s = math.cos(a), math.sin(a)
-    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]], dtype=float)
-
-
-def axis_angle(axis, phi):
-    k = np.asarray(axis, dtype=float)
-    k = k / np.linalg.norm(k)
-    K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    return np.eye(3) + math.sin(phi) * K + (1 - math.cos(phi)) * K @ K
 
 
 def real_A(lat):

@@ -15,6 +15,7 @@ import torch
 
 from nanobrag_torch import detector
 from nanobrag_torch.cli import config_from_args
+from rotations import axis_angle, rx, ry, rz
 from nanobrag_torch.simulator import Simulator
 from nanobrag_torch.units import R_E_SQR
 
@@ -39,28 +40,6 @@ def geom_of(*args, mode="spec"):
 
 def npv(t):
     return np.asarray(t.detach().cpu().numpy(), dtype=np.float64)
-
-
-def rx(a):
-    c, s = math.cos(a), math.sin(a)
-    return np.array([[1, 0, 0], [0, c, -s], [0, s, c]], dtype=float)
-
-
-def ry(a):
-    c, s = math.cos(a), math.sin(a)
-    return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]], dtype=float)
-
-
-def rz(a):
-    c, s = math.cos(a), math.sin(a)
-    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]], dtype=float)
-
-
-def axis_angle(axis, phi):
-    """Right-handed rotation matrix about a unit axis (independent of vec.py)."""
-    k = np.asarray(axis, dtype=float)
-    K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    return np.eye(3) + math.sin(phi) * K + (1 - math.cos(phi)) * K @ K
 
 
 def beam_intercept(g):

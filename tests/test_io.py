@@ -451,8 +451,9 @@ def test_c_mode_fractional_l_misaligns_the_fill(tmp_path):
 def test_fast_path_matches_exact_parsers():
     from nanobrag_torch.io import hkl as H
     rng = np.random.default_rng(5)
-    pieces = ["0", "1", "-2", "+3", "1.5", "3.0", "-0.7", "1e1", ".5", "2.", "12", "-0"]
-    for _ in range(300):
+    pieces = ["0", "1", "-2", "+3", "1.5", "3.0", "-0.7", "1e1", ".5", "2.", "12", "-0",
+              "5.e-1", "1234567890", "1-2", "e5", "1e", ".", "+", "--1", "1.2.3"]
+    for _ in range(600):
         ncols = int(rng.integers(3, 8))
         lines = [" ".join(rng.choice(pieces, ncols)) for _ in range(int(rng.integers(0, 6)))]
         raw = ("\n".join(lines) + rng.choice(["", "\n", "\n\n"])).encode()

@@ -7,7 +7,6 @@ allocates one extra zero slab past the maximum index on every axis.
 from __future__ import annotations
 
 import math
-import re
 
 import numpy as np
 
@@ -75,9 +74,9 @@ def read_hkl_with_messages(path, default_F: float = 0.0,
     return hkl, messages
 
 
-# A plain decimal number (the usual content of an HKL file).
-_PLAIN_NUMBER = re.compile(rb"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-_PLAIN_INT = re.compile(rb"[+-]?[0-9]{1,9}")
+# What plain decimal numbers and whitespace are made of (the usual content of an HKL file)
+_NUMBER_BYTES = b"0123456789+-.eE"
+_SPACE_BYTES = b" \t\n\r\v\f"
 
 
 def _fast_parse(raw: bytes, strict: bool):
@@ -85,12 +84,16 @@ def _fast_parse(raw: bytes, strict: bool):
 
     Same results as the general parsers, which also produce the error messages.
     """
+    if raw.translate(None, _NUMBER_BYTES + _SPACE_BYTES):
+        return None                      # other characters: the general parsers decide
     tokens = raw.split()
-    if not all(_PLAIN_NUMBER.fullmatch(t) for t in tokens):
+    try:
+        # made of those characters, a token float() accepts is a plain decimal number
+        values = np.fromiter(map(float, tokens), dtype=np.float64, count=len(tokens))
+    except ValueError:
         return None
-    values = np.array([float(t) for t in tokens], dtype=np.float64)
     if strict:
-        counts = {len(line.split()) for line in raw.split(b"\n")} - {0}
+        counts = set(map(len, map(bytes.split, raw.split(b"\n")))) - {0}
         if len(counts) != 1 or not 4 <= min(counts) <= 6:
             return None
         entries = values.reshape(-1, counts.pop())[:, :4]
@@ -102,9 +105,10 @@ def _fast_parse(raw: bytes, strict: bool):
     # decides ("1.5" as h reads 1 then fails at ".5"; "3.0" as l reads 3 and
     # then ".0" as F, misaligning the rest).
     n = len(tokens) // 4
-    if not all(_PLAIN_INT.fullmatch(t) for row in range(n) for t in tokens[4 * row:4 * row + 3]):
-        return None
+    indices = b" ".join(t for j in range(3) for t in tokens[j:4 * n:4])
     entries = values[:4 * n].reshape(n, 4)
+    if indices.translate(None, b"0123456789+- ") or (np.abs(entries[:, :3]) >= 1e9).any():
+        return None
     return entries, entries.copy()
 
 

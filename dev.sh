@@ -23,7 +23,7 @@ case "${1:-}" in
         setup
         mkdir -p demo_out
         .venv/bin/nanobrag-torch -cell 70 80 90 75 85 95 -misset 10 20 30 -default_F 100 -N 10 \
-            -lambda 1.0 -distance 100 -pixel 0.1 -detpixels 512 -water 100 -seed 1 \
+            -lambda 1.0 -distance 100 -pixel 0.1 -detpixels 512 -water 0.1 -seed 1 \
             -floatfile demo_out/float.bin -intfile demo_out/image.img \
             -noisefile demo_out/noise.img -pgmfile demo_out/image.pgm
         ls -l demo_out ;;

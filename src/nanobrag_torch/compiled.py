@@ -32,11 +32,11 @@ CACHE_DIR = Path(os.environ.get("NANOBRAGG_CACHE_DIR",
                                 Path.home() / ".cache" / "nanobrag-torch"))
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(CACHE_DIR / "inductor"))
 # Cold-start savings: the vector ISA is taken from the CPU flags instead of being
-# probed by compiling and loading test libraries (about 10 s on a new cache); the
-# wrapper only sequences the kernels, so it is compiled without optimisation or line
-# tables; no precompiled headers (building them costs 12 s, more than one compile
-# saves, and they would live outside our cache folder)
-INDUCTOR_OPTIONS = {"cpp.vec_isa_ok": True}
+# probed by compiling and loading test libraries (about 10 s on a new cache); no
+# precompiled headers (building them costs 6 s a header, more than a few compiles
+# save, and they would live in /tmp, outside our cache folder); the AOT wrapper only
+# sequences the kernels, so it is compiled without optimisation or line tables
+INDUCTOR_OPTIONS = {"cpp.vec_isa_ok": True, "cpp_cache_precompile_headers": False}
 AOT_OPTIONS = dict(INDUCTOR_OPTIONS, **{"aot_inductor.compile_wrapper_opt_level": "O0",
                                          "aot_inductor.enable_line_tables": False,
                                          "aot_inductor.precompile_headers": False})

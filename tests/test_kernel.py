@@ -390,14 +390,14 @@ def test_nearest_F_in_and_out_of_range():
 
 
 @pytest.mark.parametrize("lo,hi", [((-1, 0, -2), (1, 2, 0)), ((3, -4, 0), (3, 5, 0)), ((-60, -60, -60), (-55, 60, -58))])
-def test_nearest_F_framed_equals_the_C_rule_far_outside(lo, hi):
+def test_nearest_F_equals_the_C_rule_far_outside(lo, hi):
     """SPEC 4.3 ([C] rule): F = grid value if min <= h0 <= max on every axis, else default_F. The
-    framed lookup (clamping onto a default_F border) must give exactly that for indices
-    anywhere, far outside the range included (up to ±2^50), on any combination of axes."""
+    clamped, masked lookup must give exactly that for indices anywhere, far outside the range
+    included (up to ±2^50), on any combination of axes; it reads the config's grid (no copy)."""
     fval = lambda h, k, l: 1000 + 100 * h + 10 * k + l + 0.5       # noqa: E731
     grid = _grid(fval, lo, hi, default_F=-3.25)
     H, K, L = (hi[i] - lo[i] + 1 for i in range(3))
-    assert grid.framed.shape == (H + 2, K + 2, L + 2)
+    assert grid.F.shape == (H + 1, K + 1, L + 1)
     rng = np.random.default_rng(11)
     far = [0, 1, 2, 3, 7, 100, 1000, 123456, 2 ** 31, 2 ** 50]
     cols = []

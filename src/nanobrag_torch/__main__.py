@@ -1,4 +1,9 @@
 """python -m nanobrag_torch ARGS: the nanoBragg command line."""
-from .cli import main_cli
+try:
+    from .cli import main_cli
+except KeyboardInterrupt:           # Ctrl-C while torch is being imported
+    import sys
+    sys.stderr.write("nanobrag-torch: interrupted; no files written\n")
+    raise SystemExit(130)
 
 main_cli()

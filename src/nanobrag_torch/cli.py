@@ -24,6 +24,7 @@ import difflib
 import math
 import os
 import re
+import signal
 import sys
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -339,11 +340,12 @@ def _beamsize(st, vals):
     st.cfg.beam.beamsize_mm = vals[0]
 
 
-def _example_only(instead):
-    """A reader that rejects the flags the spec's examples use but nanoBragg lacks."""
+def _example_only(instead, where="examples"):
+    """A reader that rejects the flags nanoBragg's examples or README use but its parser
+    ignores (the C skips them and their values silently)."""
     def reader(flag, name, argv, i):
-        raise FlagError(f"{name} is not a nanoBragg flag (it appears only in "
-                        f"examples); use {instead}")
+        raise FlagError(f"{name} is not a nanoBragg flag (it appears only in {where}; "
+                        f"nanoBragg.c ignores it); use {instead}")
     return reader
 
 
@@ -405,7 +407,7 @@ FLAGS: List[Flag] = (
          "structure-factor cache file (default Fdump.bin)"),
         ("-default_F", "F", (NUM,), _set(C + "default_F"),
          "F for reflections not in the -hkl file (default 0)"),
-        ("-mat", "FILE", (FILE,), _remember("mat"),
+        ("-mat -matrix", "FILE", (FILE,), _remember("mat"),
          "MOSFLM orientation matrix (reciprocal axes x wavelength)"),
         ("-cell", "A B C AL BE GA", (NONNEG,) * 6, _cell,
          "unit cell (Angstrom, deg); b, c default to a, angles to 90",
@@ -590,7 +592,8 @@ FLAGS: List[Flag] = (
         ("-scale", "X", (NUM,), _set(O + "scale"), "scale of the int image (<= 0: 55000/max)"),
         ("-pgmscale", "X", (NUM,), _all(_set(O + "pgmscale"), _const(O + "write_pgm", True)),
          "scale of the PGM image (<= 0: auto)"),
-        ("-adc", "COUNTS", (NUM,), _set(O + "adc"), "offset added to image pixels (default 40)"),
+        ("-adc -adcoffset", "COUNTS", (NUM,), _set(O + "adc"),
+         "offset added to image pixels (default 40)"),
         ("-seed", "N", (NONNEG_INT,), _set(O + "seed"), "noise random-number seed (default: time)"),
         ("-printout", "", (), _const(O + "printout", True), "print per-pixel details"),
         ("-printout_pixel", "F S", (NONNEG_INT,) * 2, _printout_pixel,
@@ -610,14 +613,26 @@ FLAGS: List[Flag] = (
         ("-pixel_batch_size", "N", (POS_INT,), _set(S + "pixel_batch_size"),
          "pixels per batch (bounds memory)"),
         ("-debug", "", (), _nothing, "show Python tracebacks", dict(hidden=True)),
+        ("-version --version", "", (), _nothing, "print the version and exit"),
     ])
     + _g("Not supported", [
         ("-dispstep", "", (), _nothing, "", dict(hidden=True, reader=_example_only(
             "-dispsteps N (count) or -dispersion PCT (range)"))),
         ("-hdiv", "", (), _nothing, "", dict(hidden=True, reader=_example_only(
-            "-hdivrange MRAD, -hdivstep MRAD or -hdivsteps N"))),
+            "-hdivrange MRAD, -hdivstep MRAD or -hdivsteps N", "examples and its README"))),
         ("-vdiv", "", (), _nothing, "", dict(hidden=True, reader=_example_only(
-            "-vdivrange MRAD, -vdivstep MRAD or -vdivsteps N"))),
+            "-vdivrange MRAD, -vdivstep MRAD or -vdivsteps N", "examples and its README"))),
+        # spelled in nanoBragg's README, never read by its parser
+        ("-detsize_x", "", (), _nothing, "", dict(hidden=True, reader=_example_only(
+            "-detsize_f MM (fast axis) or -detpixels_x N", "its README"))),
+        ("-detsize_y", "", (), _nothing, "", dict(hidden=True, reader=_example_only(
+            "-detsize_s MM (slow axis) or -detpixels_y N", "its README"))),
+        ("-xdet_vector", "", (), _nothing, "", dict(hidden=True, reader=_example_only(
+            "-fdet_vector X Y Z (fast axis)", "its README"))),
+        ("-ydet_vector", "", (), _nothing, "", dict(hidden=True, reader=_example_only(
+            "-sdet_vector X Y Z (slow axis)", "its README"))),
+        ("-zdet_vector", "", (), _nothing, "", dict(hidden=True, reader=_example_only(
+            "-odet_vector X Y Z (detector normal)", "its README"))),
     ])
 )
 
@@ -717,7 +732,19 @@ def config_from_args(argv: Sequence[str]) -> SimConfig:
     _check_usage(st)
     _read_inputs(st)
     cfg.argv = list(argv)
+    cfg.input_files = _input_files(uses, cfg)
     return cfg
+
+
+_INPUT_FLAGS = ("-hkl", "-mat", "-sourcefile", "-stol", "-4stol", "-Q", "-img", "-mask")
+
+
+def _input_files(uses, cfg) -> list:
+    """Every file the argv names as an input (outputs may not overwrite any of them)."""
+    files = [u.values[0] for u in uses if u.flag.name in _INPUT_FLAGS]
+    if cfg.crystal.hkl_file is None and cfg.crystal.hkl is not None:
+        files.append(cfg.crystal.dump_file)        # structure factors read from Fdump.bin
+    return files
 
 
 # --------------------------------------------------------------------------
@@ -844,7 +871,7 @@ def _read_inputs(st):
         from .io.stol import read_stol
         flag, path, mult = st.stol
         cfg.background.stol_file = path
-        cfg.background.stol_table = _read_file(flag, path, read_stol)
+        cfg.background.stol_table = _read_file(flag, path, read_stol, strict=strict)
         cfg.background.stol_mult = mult
 
 
@@ -865,15 +892,14 @@ def _mm_for_metres(x_m: float) -> float:
 
 def _ingest_header(st, flag, path):
     """Detector/beam values from an SMV header, as the C (SPEC 6.7)."""
-    from .io.smv import header_value, read_smv
-    smv = _read_file(flag, path, read_smv)
+    from .io.smv import checked_header_value, read_smv
+    smv = _read_file(flag, path, read_smv, data=flag == "-mask")
     cfg, det = st.cfg, st.cfg.detector
 
     def value(key):
-        try:
-            return header_value(smv.header, key)   # last occurrence of the substring
-        except (ValueError, TypeError) as err:
-            raise FileError(f"{flag} {path}: bad {key} in the header ({err})") from err
+        # the C's ValueOf (last occurrence of the substring); garbage, nan, and zero or
+        # negative distances and sizes are refused naming the file and key
+        return _read_file(flag, path, lambda p: checked_header_value(p, smv.header, key))
 
     det.detpixels = [int(smv.width), int(smv.height)]
     v = value("PIXEL_SIZE")
@@ -935,12 +961,102 @@ def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
 
+_VERSION = ("-version", "--version")
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread by the handler main_cli installs."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+class _StdoutError(Exception):
+    """A write to standard output failed (the reader closed the pipe, the disk is full)."""
+
+    def __init__(self, exc: OSError):
+        super().__init__(exc.strerror or str(exc))
+
+
+class _GuardedStdout:
+    """sys.stdout during main: a failing write or flush raises _StdoutError, so it is told
+    apart from a failing output file and reported in one line."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except OSError as exc:
+            raise _StdoutError(exc) from None
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except OSError as exc:
+            raise _StdoutError(exc) from None
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _error(message: str) -> None:
+    try:
+        print(f"{PROG}: {message}", file=sys.stderr)
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
 def main(argv: Sequence[str]) -> int:
-    argv = list(argv)
+    """The command line in-process: returns the exit status, prints one line on any failure.
+
+    0 done; 1 a bad file, stdout closed or full, out of memory; 2 a bad flag;
+    9 no crystal or structure factors (the C's usage exit); 130 Ctrl-C; 143 SIGTERM
+    (with main_cli's handler). Interrupted or failed runs leave no output files.
+    """
+    argv = [str(a) for a in argv]
     if any(a in _HELP for a in argv):
         sys.stdout.write(usage_text())
         return 0
-    debug = "-debug" in argv
+    if any(a in _VERSION for a in argv):
+        from . import __version__
+        print(f"{PROG} {__version__}")
+        return 0
+    if sys.stdout is None:
+        _error("error: standard output is closed (give it a file, e.g. > log.txt or > /dev/null)")
+        return 1
+    stdout = sys.stdout
+    sys.stdout = _GuardedStdout(stdout)
+    try:
+        status = _main(argv, "-debug" in argv)
+        sys.stdout.flush()
+        return status
+    except KeyboardInterrupt as exc:
+        return _interrupted(exc, 130)
+    except Terminated as exc:
+        return _interrupted(exc, 143)
+    except _StdoutError as err:
+        _error(f"error: cannot write to standard output ({err}); no files written")
+        return 1
+    except MemoryError:
+        _error("error: out of memory; no files written")
+        return 1
+    finally:
+        sys.stdout = stdout
+
+
+def _interrupted(exc: BaseException, status: int) -> int:
+    if getattr(exc, "outputs_written", False):
+        _error("interrupted after every output file was complete and written")
+    else:
+        _error("interrupted; no files written")
+    return status
+
+
+def _main(argv: list, debug: bool) -> int:
     try:
         cfg = config_from_args(argv)
     except UsageError as err:
@@ -952,7 +1068,7 @@ def main(argv: Sequence[str]) -> int:
     except ConfigError as err:
         if debug:
             raise
-        print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
+        _error(f"error: {_one_line(err)}")
         return 2 if isinstance(err, FlagError) else 1
     from .runner import run
     try:
@@ -960,14 +1076,27 @@ def main(argv: Sequence[str]) -> int:
     except ConfigError as err:
         if debug:
             raise
-        print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
+        _error(f"error: {_one_line(err)}")
         return 2 if isinstance(err, FlagError) else 1
 
 
 def main_cli() -> None:
+    """The console entry point: main() with SIGTERM handled, then a fast exit."""
+    try:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError):
+        pass
     status = main(sys.argv[1:])
     # every output file is complete by now; skip the interpreter's teardown of
     # torch (about half a second) by leaving directly, after flushing the streams
-    sys.stdout.flush()
-    sys.stderr.flush()
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError, AttributeError) as exc:
+        if status == 0:
+            _error(f"error: cannot write to standard output ({getattr(exc, 'strerror', exc)})")
+            status = 1
+    try:
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):
+        pass
     os._exit(status)

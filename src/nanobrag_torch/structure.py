@@ -2,9 +2,8 @@
 
 The C's grid is F[h - h_min, k - k_min, l - l_min] with one zero padding slab
 per axis; lookups outside [min, max] (or with no entries at all) give
-default_F. For the nearest-neighbour lookup the real range is framed by a
-one-cell border of default_F, so a clamped index gives the right value with
-no range test in the hot loop.
+default_F. Both lookups read the config's grid itself (no framed copy), so a
+run holds one grid however large the index ranges are.
 """
 from __future__ import annotations
 
@@ -21,12 +20,11 @@ Vec3 = tuple
 class FGrid:
     """Structure factors on the device.
 
-    F: (H+1, K+1, L+1) the C's grid (None when there are no entries);
-    framed: (H+2, K+2, L+2) the real range with a default_F border;
-    mins/maxs: index ranges; default_F: () tensor.
+    F: (H+1, K+1, L+1) the C's grid (None when there are no entries), the config's own
+    array where dtype and device allow (float64 on the CPU: no copy, so a run holds one
+    grid); mins/maxs: index ranges; default_F: () tensor.
     """
     F: torch.Tensor | None
-    framed: torch.Tensor | None
     mins: tuple
     maxs: tuple
     hkls: int
@@ -36,28 +34,30 @@ class FGrid:
     def from_config(cls, hkl, default_F, dtype, device) -> "FGrid":
         dF = as_tensor(default_F, dtype, device)
         if hkl is None or hkl.hkls == 0:
-            return cls(None, None, (0, 0, 0), (-1, -1, -1), 0, dF)
+            return cls(None, (0, 0, 0), (-1, -1, -1), 0, dF)
         F = as_tensor(hkl.F, dtype, device)
         mins = (hkl.h_min, hkl.k_min, hkl.l_min)
         maxs = (hkl.h_max, hkl.k_max, hkl.l_max)
-        H, K, L = (maxs[i] - mins[i] + 1 for i in range(3))
-        framed = dF.expand(H + 2, K + 2, L + 2).clone()
-        framed[1:-1, 1:-1, 1:-1] = F[:H, :K, :L]
-        return cls(F, framed, mins, maxs, hkl.hkls, dF)
+        return cls(F, mins, maxs, hkl.hkls, dF)
 
 
 def nearest_F(grid: FGrid, hkl0: Vec3) -> torch.Tensor:
-    """F at the nearest lattice point; hkl0 = (h0, k0, l0) integer-valued float tensors."""
-    if grid.framed is None:
+    """F at the nearest lattice point; hkl0 = (h0, k0, l0) integer-valued float tensors.
+
+    The C's rule: the grid value if min <= h0 <= max on every axis, else default_F
+    (indices are clamped into the grid for the gather, then masked).
+    """
+    if grid.F is None:
         return grid.default_F.expand(hkl0[0].shape)
-    shape = grid.framed.shape
-    flat = None
+    shape = grid.F.shape
+    flat = inside = None
     for axis in range(3):
-        # border cells (index 0 and size-1) hold default_F: clamping maps every
-        # out-of-range index onto them
-        i = torch.clamp(hkl0[axis] - (grid.mins[axis] - 1), 0, shape[axis] - 1).to(torch.int64)
+        d = hkl0[axis] - grid.mins[axis]
+        ok = (d >= 0) & (d <= grid.maxs[axis] - grid.mins[axis])
+        i = torch.clamp(d, 0, shape[axis] - 1).to(torch.int64)
         flat = i if flat is None else flat * shape[axis] + i
-    return grid.framed.reshape(-1)[flat]
+        inside = ok if inside is None else inside & ok
+    return torch.where(inside, grid.F.reshape(-1)[flat], grid.default_F)
 
 
 def tricubic_out_of_range(grid: FGrid, hkl: Vec3) -> torch.Tensor:

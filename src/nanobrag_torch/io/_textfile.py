@@ -12,15 +12,17 @@ atof("") = 0 fills every remaining column with 0 instead of leaving NaN.
 """
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
 
 from nanobrag_torch.errors import ConfigError
-from nanobrag_torch.io._common import read_bytes, show
+from nanobrag_torch.io._common import MiB, read_bytes, show, where
 from nanobrag_torch.io.cnum import c_atof, is_c_number
 
 FGETS_MAX = 10239          # char text[10240] in read_text_file
+TABLE_LIMIT = 64 * MiB     # larger tables are refused (about a million lines)
 
 _DELIMS = re.compile(r"[ \t,;:!]*")
 _NON_DELIMS = re.compile(r"[^ \t,;:!]*")
@@ -45,6 +47,12 @@ def fgets_chunks(raw: bytes):
 
 def c_row(text: str, nargs: int) -> list | None:
     """The C's parse of one fgets line: nargs values (NaN = missing), or None if blank."""
+    got = _c_row(text, nargs)
+    return None if got is None else got[0]
+
+
+def _c_row(text: str, nargs: int):
+    """(values, how many columns were read) as c_row, or None for a blank line."""
     pos = _DELIMS.match(text).end()
     if text[pos:] == "\n":
         return None
@@ -61,8 +69,9 @@ def c_row(text: str, nargs: int) -> list | None:
             break
         i += 1
         if i >= nargs:
+            i -= 1
             break
-    return values
+    return values, i + 1
 
 
 def check_row(path, lineno: int, text: str, nargs: int, what: str) -> None:
@@ -73,39 +82,50 @@ def check_row(path, lineno: int, text: str, nargs: int, what: str) -> None:
     content = text[:-1] if text.endswith("\n") else text
     content = content[:-1] if content.endswith("\r") else content
     tokens = [t for t in _SPLIT.split(content) if t]
-    where = f"{path} line {lineno}"
+    at = where(path, lineno)
     if content.lstrip(" \t,;:!").startswith("#"):
-        raise ConfigError(f"{where}: comment lines are not allowed in a {what}: the C would read "
+        raise ConfigError(f"{at}: comment lines are not allowed in a {what}: the C would read "
                           f"them as a source at the origin with wavelength 0")
     if not tokens:
-        raise ConfigError(f"{where}: line without numbers (only delimiters or a carriage "
+        raise ConfigError(f"{at}: line without numbers (only delimiters or a carriage "
                           f"return): the C would read it as a row of zeros")
     bad = next((t for t in tokens if not is_c_number(t)), None)
     if bad is not None:
-        raise ConfigError(f"{where}: expected numbers, got '{show(bad)}' in '{show(content)}'")
+        raise ConfigError(f"{at}: expected numbers, got '{show(bad)}' in '{show(content)}'")
     if len(tokens) > nargs:
-        raise ConfigError(f"{where}: {len(tokens)} columns, at most {nargs} are allowed")
+        raise ConfigError(f"{at}: {len(tokens)} columns, at most {nargs} are allowed")
 
 
-def read_text_table(path, nargs: int, strict: bool, what: str) -> np.ndarray:
+def read_text_table(path, nargs: int, strict: bool, what: str, lines: bool = False):
     """(lines, nargs) float64 table as read_text_file fills it (NaN = missing).
 
     strict adds check_row on every line and rejects over-long lines and NUL
-    bytes. An empty table is a ConfigError (the C exits 9).
+    bytes. Both modes: a number read that is not finite (nan, inf, 1e999) is
+    refused with file:line, an empty table is a ConfigError (the C exits 9),
+    and files above TABLE_LIMIT are refused. lines=True also returns the line
+    number of each row.
     """
-    raw = read_bytes(path)
-    rows = []
+    raw = read_bytes(path, TABLE_LIMIT, f"a {what}")
+    if strict and b"\0" in raw:
+        line = raw.count(b"\n", 0, raw.index(b"\0")) + 1
+        raise ConfigError(f"{where(path, line)}: binary data in a text file (NUL byte)")
+    rows, linenos = [], []
     for lineno, text, truncated in fgets_chunks(raw):
-        values = c_row(text, nargs)
-        if values is None:
+        got = _c_row(text, nargs)
+        if got is None:
             continue
+        values, nread = got
         if strict:
             if truncated:
-                raise ConfigError(f"{path} line {lineno}: line longer than {FGETS_MAX} characters")
+                raise ConfigError(f"{where(path, lineno)}: line longer than {FGETS_MAX} characters")
             check_row(path, lineno, text, nargs, what)
+        bad = next((v for v in values[:nread] if not math.isfinite(v)), None)
+        if bad is not None:
+            raise ConfigError(f"{where(path, lineno)}: {bad:g} is not a finite number, "
+                              f"in '{show(text)}'")
         rows.append(values)
-    if strict and b"\0" in raw:
-        raise ConfigError(f"{path}: binary data in a text file (NUL byte)")
+        linenos.append(lineno)
     if not rows:
         raise ConfigError(f"{path}: no data in {what} (empty or only blank lines)")
-    return np.array(rows, dtype=np.float64).reshape(-1, nargs)
+    table = np.array(rows, dtype=np.float64).reshape(-1, nargs)
+    return (table, linenos) if lines else table

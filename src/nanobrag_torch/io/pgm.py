@@ -20,13 +20,18 @@ def write_pgm(path, data: np.ndarray, scale: float) -> None:
 
     scale is only recorded in the comment line. Written atomically.
     """
+    atomic_write(path, pgm_chunks(data, scale))
+
+
+def pgm_chunks(data, scale: float) -> list[bytes]:
+    """The bytes write_pgm writes, for io.outputs.Stage.write."""
     arr = as_numpy(data)
     if arr.ndim != 2:
         raise ValueError(f"PGM data must be 2-D (spixels, fpixels), got shape {arr.shape}")
     if arr.dtype != np.uint8:
         raise ValueError(f"PGM data must be uint8, got dtype {arr.dtype}")
     height, width = arr.shape
-    atomic_write(path, [pgm_header(width, height, scale), np.ascontiguousarray(arr).tobytes()])
+    return [pgm_header(width, height, scale), np.ascontiguousarray(arr).tobytes()]
 
 
 # whitespace and whole-line comments, then a number (one way to match: no backtracking blow-up)
@@ -39,7 +44,7 @@ def read_pgm(path) -> np.ndarray:
     Comments ('#' to end of line) may appear between header fields; exactly
     one whitespace byte separates maxval from the pixel bytes.
     """
-    raw = read_bytes(path)
+    raw = read_bytes(path, 1 << 32, "a PGM image")
     if not raw.startswith(b"P5"):
         raise ConfigError(f"{path}: not a binary PGM image (does not begin with 'P5')")
     pos, fields = 2, []

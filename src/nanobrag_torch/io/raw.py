@@ -6,6 +6,8 @@ import numpy as np
 from nanobrag_torch.errors import ConfigError
 from nanobrag_torch.io._common import as_numpy, atomic_write, read_bytes
 
+FLOAT_IMAGE_LIMIT = 1 << 34     # 16 GiB: read_float_image refuses larger files
+
 
 def write_float_image(path, image) -> None:
     """Write image (spixels, fpixels) as little-endian float32, fast index fastest.
@@ -13,8 +15,12 @@ def write_float_image(path, image) -> None:
     Any float array (or torch tensor) is accepted; values are rounded to
     float32 like the C's (float) store. Written atomically.
     """
-    arr = as_numpy(image)
-    atomic_write(path, [np.ascontiguousarray(arr, dtype="<f4").tobytes()])
+    atomic_write(path, float_image_chunks(image))
+
+
+def float_image_chunks(image) -> list[bytes]:
+    """The bytes write_float_image writes, for io.outputs.Stage.write."""
+    return [np.ascontiguousarray(as_numpy(image), dtype="<f4").tobytes()]
 
 
 def read_float_image(path, shape) -> np.ndarray:
@@ -23,7 +29,7 @@ def read_float_image(path, shape) -> np.ndarray:
     shape: (spixels, fpixels). The file size must be exactly 4 * spixels * fpixels.
     """
     shape = tuple(int(n) for n in shape)
-    raw = read_bytes(path)
+    raw = read_bytes(path, FLOAT_IMAGE_LIMIT, "a float image")
     need = 4 * int(np.prod(shape))
     if len(raw) != need:
         raise ConfigError(f"{path}: {len(raw)} bytes, expected {need} for a "

@@ -8,11 +8,12 @@ from numbers import Integral, Real
 import numpy as np
 
 from nanobrag_torch.errors import ConfigError
-from nanobrag_torch.io._common import as_numpy, atomic_write, read_bytes
-from nanobrag_torch.io.cnum import c_atof, fmt_g
+from nanobrag_torch.io._common import MiB, as_numpy, atomic_write, check_memory, open_input, show
+from nanobrag_torch.io.cnum import c_atof, fmt_g, strtod_prefix
 
 SMV_MAGIC = b"{\nHEADER_BYT"   # GetFrame compares the first 12 bytes only
 SMV_HEADER_BYTES = 512
+SMV_HEADER_LIMIT = 1 * MiB      # a larger HEADER_BYTES is refused
 
 
 @dataclass
@@ -39,6 +40,14 @@ def header_value(header: str, key: str) -> float | None:
     Returns None where the C returns NaN (key absent) and 0.0 when no '='
     follows the key (as the C).
     """
+    text = _value_text(header, key)
+    if text is None:
+        return None
+    return c_atof(text) if text else 0.0
+
+
+def _value_text(header: str, key: str) -> str | None:
+    """The header text after the '=' that follows the last occurrence of key ('' if no '=')."""
     if not key:
         raise ValueError("header_value: empty key")
     pos, found = 0, False
@@ -50,9 +59,36 @@ def header_value(header: str, key: str) -> float | None:
     if not found:
         return None
     eq = header.find("=", pos)
-    if eq < 0:
-        return 0.0
-    return c_atof(header[eq + 1:])
+    return "" if eq < 0 else header[eq + 1:]
+
+
+# Keys that -img/-mask turn into distances and sizes: zero or negative values are nonsense
+HEADER_POSITIVE = ("PIXEL_SIZE", "DISTANCE", "CLOSE_DISTANCE", "WAVELENGTH")
+HEADER_NONNEGATIVE = ("OSC_RANGE",)
+
+
+def checked_header_value(path, header: str, key: str) -> float | None:
+    """header_value, refusing what the C would turn into a crash or a meaningless image.
+
+    ConfigError naming the file and key for: no '=' after the key, text that
+    does not start with a number ("DISTANCE=abc"), nan or infinity, and a zero
+    or negative value of a distance or size (HEADER_POSITIVE; OSC_RANGE may be
+    0). None when the key is absent (the C leaves the value as it was).
+    """
+    text = _value_text(header, key)
+    if text is None:
+        return None
+    shown = show(text.split(";", 1)[0].split("\n", 1)[0], 30)
+    value, used = strtod_prefix(text) if text else (0.0, 0)
+    if used == 0:
+        raise ConfigError(f"{path}: header value {key}={shown} is not a number")
+    if not math.isfinite(value):
+        raise ConfigError(f"{path}: header value {key}={shown} is not a finite number")
+    if key in HEADER_POSITIVE and not value > 0:
+        raise ConfigError(f"{path}: header value {key}={fmt_g(value)} must be > 0")
+    if key in HEADER_NONNEGATIVE and not value >= 0:
+        raise ConfigError(f"{path}: header value {key}={fmt_g(value)} must be >= 0")
+    return value
 
 
 def _c_int(x: float | None) -> int | None:
@@ -62,32 +98,61 @@ def _c_int(x: float | None) -> int | None:
     return int(x)
 
 
-def read_smv(path) -> SMVFile:
+def read_smv(path, data: bool = True) -> SMVFile:
     """Read an SMV image like GetFrame (header keys via header_value).
 
-    Raises ConfigError if the file is missing, does not start with
-    "{\\nHEADER_BYT", is shorter than its header, has no usable size, or is too
-    short for width*height uint16 values after header_bytes.
+    Raises ConfigError if the file is missing or not a regular file, does not
+    start with "{\nHEADER_BYT", is shorter than its header, has no usable
+    size, a HEADER_BYTES above SMV_HEADER_LIMIT, or is too short for
+    width*height uint16 values after header_bytes. Only the header and the
+    pixels are read (data=False: the header only; the size is still checked);
+    an image that cannot fit in the memory available is refused.
     Note: the data offset is HEADER_BYTES even when the writer's header text
     ran past it (nanoBragg's >512-byte header quirk), as in the C.
     """
-    raw = read_bytes(path)
-    if len(raw) < SMV_HEADER_BYTES:
-        raise ConfigError(f"{path}: too short for an SMV (ADSC) image ({len(raw)} bytes, "
-                          f"need at least {SMV_HEADER_BYTES})")
-    if not raw.startswith(SMV_MAGIC):
-        raise ConfigError(f"{path}: does not look like an SMV (ADSC) image "
-                          f"(must begin with '{{' and HEADER_BYTES=)")
-    header_bytes = _c_int(header_value(_c_string(raw[:SMV_HEADER_BYTES]), "HEADER_BYTES"))
-    if header_bytes is None or header_bytes <= 0:
-        raise ConfigError(f"{path}: SMV header has no valid HEADER_BYTES value")
-    if header_bytes > len(raw):
-        raise ConfigError(f"{path}: file ({len(raw)} bytes) is shorter than its "
-                          f"HEADER_BYTES={header_bytes}")
-    header = _c_string(raw[:header_bytes])
-    width, height = _image_size(path, header)
+    fh, size = open_input(path)
+    with fh:
+        head = _read(path, fh, SMV_HEADER_BYTES)
+        if len(head) < SMV_HEADER_BYTES:
+            raise ConfigError(f"{path}: too short for an SMV (ADSC) image ({len(head)} bytes, "
+                              f"need at least {SMV_HEADER_BYTES})")
+        if not head.startswith(SMV_MAGIC):
+            raise ConfigError(f"{path}: does not look like an SMV (ADSC) image "
+                              f"(must begin with '{{' and HEADER_BYTES=)")
+        header_bytes = _c_int(header_value(_c_string(head), "HEADER_BYTES"))
+        if header_bytes is None or header_bytes <= 0:
+            raise ConfigError(f"{path}: SMV header has no valid HEADER_BYTES value")
+        if header_bytes > SMV_HEADER_LIMIT:
+            raise ConfigError(f"{path}: HEADER_BYTES={header_bytes} is above the "
+                              f"{SMV_HEADER_LIMIT // MiB} MiB limit for an SMV header; refused")
+        if header_bytes > size:
+            raise ConfigError(f"{path}: file ({size} bytes) is shorter than its "
+                              f"HEADER_BYTES={header_bytes}")
+        raw_header = head[:header_bytes] + _read(path, fh, max(0, header_bytes - len(head)))
+        header = _c_string(raw_header)
+        width, height = _image_size(path, header)
+        need = header_bytes + 2 * width * height
+        if size < need:
+            raise ConfigError(f"{path}: file is {size} bytes, too short for a {width} x {height} "
+                              f"unsigned_short image after a {header_bytes}-byte header "
+                              f"({need} bytes)")
+        pixels = None
+        if data:
+            check_memory(path, 2 * width * height, f"the {width} x {height} image")
+            fh.seek(header_bytes)
+            pixels = np.frombuffer(_read(path, fh, 2 * width * height), dtype="<u2")
+            if pixels.size != width * height:
+                raise ConfigError(f"{path}: file changed while it was read (truncated)")
+            pixels = pixels.astype(np.uint16).reshape(height, width)
     return SMVFile(header=header, header_bytes=header_bytes, width=width, height=height,
-                   data=_image_data(path, raw, header_bytes, width, height))
+                   data=pixels)
+
+
+def _read(path, fh, n: int) -> bytes:
+    try:
+        return fh.read(n)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read file ({exc.strerror or exc})") from None
 
 
 def _c_string(raw: bytes) -> str:
@@ -104,15 +169,6 @@ def _image_size(path, header: str) -> tuple[int, int]:
         raise ConfigError(f"{path}: SMV header has no valid SIZE1/SIZE2 "
                           f"(got {width} x {height})")
     return width, height
-
-
-def _image_data(path, raw: bytes, offset: int, width: int, height: int) -> np.ndarray:
-    need = offset + 2 * width * height
-    if len(raw) < need:
-        raise ConfigError(f"{path}: file is {len(raw)} bytes, too short for a {width} x {height} "
-                          f"unsigned_short image after a {offset}-byte header ({need} bytes)")
-    data = np.frombuffer(raw, dtype="<u2", count=width * height, offset=offset)
-    return data.astype(np.uint16).reshape(height, width)
 
 
 def format_header(header: list[tuple[str, object]]) -> bytes:
@@ -159,9 +215,14 @@ def write_smv(path, data: np.ndarray, header: list[tuple[str, object]]) -> None:
     SIZE1/SIZE2 included (checked against data.shape when present).
     The file appears at path only once completely written.
     """
+    atomic_write(path, smv_chunks(data, header))
+
+
+def smv_chunks(data, header: list[tuple[str, object]]) -> list[bytes]:
+    """The bytes write_smv writes (header text, then the pixels), for io.outputs.Stage.write."""
     arr = _as_uint16(data)
     _check_size(header, arr.shape)
-    atomic_write(path, [format_header(header), arr.astype("<u2", copy=False).tobytes(order="C")])
+    return [format_header(header), arr.astype("<u2", copy=False).tobytes(order="C")]
 
 
 def _as_uint16(data) -> np.ndarray:

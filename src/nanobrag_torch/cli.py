@@ -741,9 +741,9 @@ _INPUT_FLAGS = ("-hkl", "-mat", "-sourcefile", "-stol", "-4stol", "-Q", "-img", 
 
 def _input_files(uses, cfg) -> list:
     """Every file the argv names as an input (outputs may not overwrite any of them)."""
-    files = [u.values[0] for u in uses if u.flag.name in _INPUT_FLAGS]
+    files = [(u.name, u.values[0]) for u in uses if u.flag.name in _INPUT_FLAGS]
     if cfg.crystal.hkl_file is None and cfg.crystal.hkl is not None:
-        files.append(cfg.crystal.dump_file)        # structure factors read from Fdump.bin
+        files.append(("-dump", cfg.crystal.dump_file))     # F read from Fdump.bin
     return files
 
 

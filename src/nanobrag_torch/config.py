@@ -235,4 +235,4 @@ class SimConfig:
     pixel_batch_size: Optional[int] = None
     argv: list = field(default_factory=list)
     notes: list = field(default_factory=list)   # warnings found while parsing, printed by the CLI
-    input_files: list = field(default_factory=list)   # files the argv reads (never overwritten)
+    input_files: list = field(default_factory=list)   # (flag, file) the argv reads (never overwritten)

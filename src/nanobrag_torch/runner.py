@@ -1,8 +1,9 @@
 """The command-line run: simulate, print the C's log, write the image files.
 
-Nothing is written until the image is computed, and each file is written
-whole (io writes to a temporary name, then renames), so a failed run leaves
-no half-written outputs.
+Every output path is checked before the run (io.outputs.OutputSet: folder,
+permissions, not an input, not twice); each file is staged under a temporary
+name and all are renamed into place only when every one is complete and the
+log is flushed, so a failed or interrupted run leaves no new or changed file.
 """
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import torch
 
 from . import console
 from .config import SimConfig
-from .errors import ConfigError
 from .simulator import Simulator, progress_printer
 from .units import RTD
 
@@ -99,20 +99,40 @@ def smv_header(sim: Simulator) -> list:
     ]
 
 
+def output_set(cfg: SimConfig):
+    """The run's outputs (the image files; Fdump.bin, optional, after reading -hkl) and inputs."""
+    from .io.outputs import OutputSet
+    o, cr = cfg.output, cfg.crystal
+    paths = [("-floatfile", o.floatfile), ("-intfile", o.intfile),
+             ("-pgmfile", o.pgmfile) if o.write_pgm else None,
+             ("-noisefile", o.noisefile) if o.write_noise else None]
+    inputs = list(cfg.input_files) + [cr.hkl_file, cr.mat_file, cfg.background.stol_file,
+                                      getattr(cr.hkl, "source", None) or None]
+    dump = [("-dump", cr.dump_file)] if cr.hkl_file is not None else []
+    return OutputSet(paths, inputs=inputs, optional=dump)
+
+
 def run(cfg: SimConfig, out=None) -> int:
     """Run the simulation described by cfg as the CLI does; returns the exit status."""
+    outputs = output_set(cfg)
+    outputs.check()                       # before anything is computed
+    with outputs.staged() as stage:
+        _run(cfg, out or sys.stdout, stage)
+        (out or sys.stdout).flush()       # a closed or full stdout fails the run before commit
+    return 0
+
+
+def _run(cfg: SimConfig, out, stage) -> None:
     from . import io
-    out = out or sys.stdout
     dtype = torch.float32 if cfg.dtype == "float32" else torch.float64
     for note in cfg.notes:
         print(note, file=out)
     sim = Simulator(cfg, mode=cfg.mode, dtype=dtype, device=cfg.device)
     console.print_setup(sim, out)
     if cfg.crystal.hkl_file is not None:
-        try:
-            io.write_fdump(cfg.crystal.dump_file, cfg.crystal.hkl)
+        if stage.write(cfg.crystal.dump_file, io.fdump_chunks(cfg.crystal.hkl)):
             console.say(out, f"writing dump file for next time: {cfg.crystal.dump_file}")
-        except ConfigError:     # as the C: a cache that cannot be written is not fatal
+        else:                   # as the C: a cache that cannot be written is not fatal
             console.say(out, f"WARNING: unable to open dump file: {cfg.crystal.dump_file}")
 
     show_progress = cfg.output.progress and not cfg.output.printout
@@ -142,7 +162,7 @@ def run(cfg: SimConfig, out=None) -> int:
         trace_pixel(sim, *cfg.output.trace_pixel, out=out)
 
     print(f"writing {o.floatfile} as {S * F} 4-byte floats", file=out)
-    io.write_float_image(o.floatfile, img32)
+    stage.write(o.floatfile, io.float_image_chunks(img32))
     print(f"max_I = {stats.max_I:g}  at {stats.max_I_x:g} {stats.max_I_y:g}", file=out)
     print(f"mean= {stats.mean:g} rms= {stats.rms:g} rmsd= {stats.rmsd:g}", file=out)
     scale = o.scale
@@ -151,14 +171,14 @@ def run(cfg: SimConfig, out=None) -> int:
     print(f"intfile_scale = {scale:g}", file=out)
     header = smv_header(sim)
     print(f"writing {o.intfile} as 2-byte integers", file=out)
-    io.write_smv(o.intfile, int_image(img32, roi_mask, scale, o.adc), header)
+    stage.write(o.intfile, io.smv_chunks(int_image(img32, roi_mask, scale, o.adc), header))
     if o.write_pgm:
         pscale = o.pgmscale
         if pscale <= 0.0:
             pscale = 250.0 / (5.0 * stats.rmsd) if stats.rmsd > 0.0 else scale
         print(f"pgm_scale = {pscale:g}", file=out)
         print(f"writing {o.pgmfile} as 1-byte integers", file=out)
-        io.write_pgm(o.pgmfile, pgm_image(img32, roi_mask, pscale), pscale)
+        stage.write(o.pgmfile, io.pgm_chunks(pgm_image(img32, roi_mask, pscale), pscale))
     if o.write_noise:
         from . import noise as noise_mod
         seed = o.seed if o.seed is not None else int(time.time())
@@ -169,5 +189,4 @@ def run(cfg: SimConfig, out=None) -> int:
                 torch.from_numpy(img32), seed, setup.roi, o.adc)
         print(f"{photons:.0f} photons on noise image ({overloads} overloads)", file=out)
         print(f"writing {o.noisefile} as 2-byte integers", file=out)
-        io.write_smv(o.noisefile, np.asarray(noisy, dtype=np.uint16), header)
-    return 0
+        stage.write(o.noisefile, io.smv_chunks(np.asarray(noisy, dtype=np.uint16), header))

@@ -62,6 +62,11 @@ class _Target:
     mode: int | None     # permission bits of the file replaced
     optional: bool
     chardev: bool = False
+    label: str = ""
+
+    @property
+    def named(self) -> str:
+        return f"{self.label} {self.path}" if self.label else self.path
 
 
 def _error(path, reason) -> ConfigError:
@@ -182,47 +187,63 @@ def temp_name(final: str) -> str:
     return os.path.join(folder, name)
 
 
+def _split(item):
+    """(label, path) of an entry given as a path or as (label, path), e.g. ("-floatfile", "a.bin")."""
+    label, path = item if isinstance(item, tuple) else ("", item)
+    return label, None if path is None else os.fsdecode(os.fspath(path))
+
+
 class OutputSet:
     """The files one run writes: `paths` (required) and `optional` ones (a cache).
 
-    inputs: the files the run reads; no output may be one of them.
+    inputs: the files the run reads; no output may be one of them. Any entry may
+    be a path or a (label, path) pair; messages then begin with "label path:"
+    (the CLI passes its flag names).
     """
 
     def __init__(self, paths: Iterable, inputs: Iterable = (), optional: Iterable = ()):
-        self.paths = [os.fsdecode(os.fspath(p)) for p in paths if p is not None]
-        self.optional = [os.fsdecode(os.fspath(p)) for p in optional if p is not None]
-        self.inputs = [os.fspath(p) for p in inputs if p is not None]
+        entries = [(*_split(p), False) for p in paths if p is not None]
+        entries += [(*_split(p), True) for p in optional if p is not None]
+        self.entries = [e for e in entries if e[1] is not None]
+        self.inputs = [i for i in map(_split, (p for p in inputs if p is not None))
+                       if i[1] is not None]
         self.targets: dict[str, _Target] = {}
         self.dropped: dict[str, str] = {}
         self._checked = False
+
+    @property
+    def paths(self) -> list[str]:
+        return [path for _, path, _ in self.entries]
 
     def check(self) -> list[str]:
         """Check every path (see the module doc); returns notes on dropped optional outputs."""
         self.targets, self.dropped = {}, {}
         inputs = {}
-        for p in self.inputs:
+        for label, p in self.inputs:
             ident = _identity(p)
             if ident is not None:
-                inputs.setdefault(ident, p)
+                inputs.setdefault(ident, f"{label} {p}" if label else p)
         seen: dict[tuple, str] = {}
         notes = []
-        for p, optional in [(p, False) for p in self.paths] + [(p, True) for p in self.optional]:
+        for label, p, optional in self.entries:
+            named = f"{label} {p}" if label else p
             try:
                 t = _resolve(p, optional)
             except ConfigError as err:
+                msg = f"{label} {err}" if label else str(err)
                 if not optional:
-                    raise
-                self.dropped[p] = str(err)
-                notes.append(str(err))
+                    raise ConfigError(msg) from None
+                self.dropped[p] = msg
+                notes.append(msg)
                 continue
+            t.label = label
             if t.key in inputs:
-                raise _error(p, f"is the input file {inputs[t.key]} of this run; "
-                                f"refusing to overwrite it")
+                raise _error(named, f"is the input file {inputs[t.key]} of this run; "
+                                    f"refusing to overwrite it")
             if t.key in seen and not t.chardev:
                 first = seen[t.key]
-                raise _error(p, "is given twice as an output" if first == p else
-                             f"is the same file as the output {first}")
-            seen.setdefault(t.key, p)
+                raise _error(named, f"is the same file as the output {first}")
+            seen.setdefault(t.key, named)
             self.targets.setdefault(p, t)
         self._checked = True
         return notes
@@ -263,12 +284,12 @@ class Stage:
         t = self.outputs.targets.get(p)
         if t is None:
             raise ValueError(f"{p} is not one of the outputs of this OutputSet")
+        if t.through:                        # /dev/null may take several outputs
+            self._through.append((t, data))
+            return True
         if p in self._written:
             raise ValueError(f"{p} is written twice")
         self._written.add(p)
-        if t.through:
-            self._through.append((t, data))
-            return True
         try:
             tmp, fd = self._create(t)
         except OSError as exc:
@@ -304,9 +325,9 @@ class Stage:
 
     def _failed(self, t: _Target, exc: OSError) -> bool:
         if t.optional:
-            self.outputs.dropped[t.path] = f"{t.path}: cannot write file ({_os_reason(exc)})"
+            self.outputs.dropped[t.path] = f"{t.named}: cannot write file ({_os_reason(exc)})"
             return False
-        raise _error(t.path, f"cannot write file ({_os_reason(exc)})") from None
+        raise _error(t.named, f"cannot write file ({_os_reason(exc)})") from None
 
     def discard(self) -> None:
         """Remove every temporary file; nothing of this stage stays on disk."""
@@ -326,19 +347,19 @@ class Stage:
                     _write_through(t, data)
                 except OSError as exc:
                     if t.optional:
-                        self.outputs.dropped[t.path] = f"{t.path}: {_os_reason(exc)}"
+                        self.outputs.dropped[t.path] = f"{t.named}: {_os_reason(exc)}"
                         continue
                     self.discard()
                     reason = ("no process is reading this FIFO" if exc.errno == errno.ENXIO
                               else _os_reason(exc))
-                    raise _error(t.path, f"cannot write file ({reason})") from None
+                    raise _error(t.named, f"cannot write file ({reason})") from None
             for i, (t, tmp) in enumerate(self._temps):
                 try:
                     os.replace(tmp, t.final)
                 except OSError as exc:
                     self._temps = self._temps[i:]
                     self.discard()
-                    raise _error(t.path, f"cannot write file ({_os_reason(exc)})") from None
+                    raise _error(t.named, f"cannot write file ({_os_reason(exc)})") from None
             self._temps, self._through = [], []
             self.committed = True
             held.done = True

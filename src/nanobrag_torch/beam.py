@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .config import SimConfig
+from .modes import Mode, get_mode
 from .errors import ConfigError
 from .units import SOURCE_DISTANCE_M
 from .vec import as_tensor, cross, dot, rotate_axis, unitize, value
@@ -30,6 +31,7 @@ class Sources:
     hdiv: tuple = (1, 0.0, 0.0)     # (steps, range, step) radians
     vdiv: tuple = (1, 0.0, 0.0)
     disp: tuple = (1, 0.0, 0.0)     # (steps, range fraction, step fraction)
+    deviations: list | None = None  # generated sources: the kept (hdiv, vdiv) grid points (rad)
 
 
 def step_plan(n, r, s, default_range, range_only_halves=False):
@@ -74,14 +76,25 @@ def _mrad(x):
     return x / 1000.0 if x is not None else -1.0
 
 
+def fluence(cfg: SimConfig):
+    """Photons/m^2: from -flux, -exposure and -beamsize when a flux is given, else -fluence
+    (SPEC 3.6, as the C)."""
+    bm = cfg.beam
+    beamsize_m = bm.beamsize_mm / 1000
+    if value(bm.flux) != 0.0 and bm.exposure_s > 0.0 and beamsize_m > 0:
+        return bm.flux * bm.exposure_s / beamsize_m / beamsize_m
+    return bm.fluence
+
+
 def wavelength_m(cfg: SimConfig, dtype, device) -> torch.Tensor:
     lam = as_tensor(cfg.beam.wavelength_A, dtype, device)
     return lam / 1.0e10
 
 
 def make_sources(cfg: SimConfig, beam_dir: torch.Tensor, polar: torch.Tensor, vert: torch.Tensor,
-                 mode: str, dtype, device) -> Sources:
+                 mode: Mode, dtype, device) -> Sources:
     """Sources from -sourcefile, or the divergence x dispersion grid (SPEC 3.3-3.4)."""
+    mode = get_mode(mode)
     bm = cfg.beam
     lambda0 = wavelength_m(cfg, dtype, device)
     if bm.sources is not None:
@@ -92,15 +105,7 @@ def make_sources(cfg: SimConfig, beam_dir: torch.Tensor, polar: torch.Tensor, ve
     disp = bm.dispersion_pct / 100.0 if bm.dispersion_pct is not None else 0.0
     dn, dr, ds = step_plan(bm.dispsteps or -1, disp, -1.0, 1.0)
 
-    # trimming decided in double on the plain numbers, as the C does
-    accepted = []
-    for ih in range(hn):
-        for iv in range(vn):
-            hdiv = value(hs) * ih - value(hr) / 2.0
-            vdiv = value(vs) * iv - value(vr) / 2.0
-            if bm.round_div and _outside_ellipse(hdiv, vdiv, hn, vn, value(hr), value(hs), value(vr), value(vs)):
-                continue
-            accepted.append((ih, iv))
+    accepted = divergence_grid(hn, value(hr), value(hs), vn, value(vr), value(vs), bm.round_div)
     if not accepted:
         raise ConfigError("the divergence settings leave no source inside the elliptical trim")
     ih = torch.tensor([a[0] for a in accepted], dtype=dtype, device=device)
@@ -114,7 +119,25 @@ def make_sources(cfg: SimConfig, beam_dir: torch.Tensor, polar: torch.Tensor, ve
     pos = pos[:, None, :].expand(-1, dn, 3).reshape(-1, 3)
     lam = lam[None, :].expand(len(accepted), dn).reshape(-1)
     incident = -unitize(pos)[0]
-    return Sources(incident, lam, None, pos, len(accepted), (hn, hr, hs), (vn, vr, vs), (dn, dr, ds))
+    return Sources(incident, lam, None, pos, len(accepted), (hn, hr, hs), (vn, vr, vs), (dn, dr, ds),
+                   [(a[2], a[3]) for a in accepted])
+
+
+def divergence_grid(hn, hr, hs, vn, vr, vs, round_div) -> list[tuple]:
+    """The divergence grid points the C keeps, in its order: (ih, iv, hdiv, vdiv) (radians).
+
+    With round_div the grid is trimmed to an ellipse, decided in double on the plain
+    numbers as the C does.
+    """
+    accepted = []
+    for ih in range(hn):
+        for iv in range(vn):
+            hdiv = hs * ih - hr / 2.0
+            vdiv = vs * iv - vr / 2.0
+            if round_div and _outside_ellipse(hdiv, vdiv, hn, vn, hr, hs, vr, vs):
+                continue
+            accepted.append((ih, iv, hdiv, vdiv))
+    return accepted
 
 
 def _outside_ellipse(hdiv, vdiv, hn, vn, hr, hs, vr, vs) -> bool:
@@ -135,7 +158,7 @@ def _file_sources(cfg, beam_dir, lambda0, mode, dtype, device) -> Sources:
     lam = as_tensor(np.asarray(src.wavelength_m, dtype=np.float64), dtype, device)
     lam = torch.where(torch.isnan(lam), lambda0.expand(n), lam)
     weight = None
-    if mode == "spec":
+    if mode.source_weights:
         w = np.asarray(src.weight, dtype=np.float64)
         w = np.where(np.isnan(w), 1.0, w)
         if np.any(w < 0) or not np.any(w > 0):

@@ -20,6 +20,7 @@ the value converters (one per value), what it sets, and its usage line.
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import os
@@ -28,19 +29,14 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
-from .config import SimConfig, SourceList
-from .errors import ConfigError, UsageError
+from . import inputs
+from .config import SimConfig
+from .errors import ConfigError, FieldError, FileError, FlagError, UsageError
+from .modes import get_mode
+from .units import HC_EV_A
+from .validate import validate
 
 PROG = "nanobrag-torch"
-HC_EV_A = 12398.42            # lambda[A] = 12398.42 / E[eV], as the C
-
-
-class FlagError(ConfigError):
-    """A bad flag, value or flag combination (the CLI exits with status 2)."""
-
-
-class FileError(ConfigError):
-    """An unreadable or malformed input file (the CLI exits with status 1)."""
 
 
 # --------------------------------------------------------------------------
@@ -163,8 +159,23 @@ def _one(vals):
     return vals[0] if len(vals) == 1 else [float(v) for v in vals]
 
 
+def _field(target: str) -> str:
+    """'section.field[i]' -> the config field 'section.field' ('sim.x' -> 'x')."""
+    m = _T.match(target)
+    return m.group(2) if m.group(1) == "sim" else f"{m.group(1)}.{m.group(2)}"
+
+
+def _sets(*fields):
+    """Mark an action with the config fields it sets (for messages naming the flag)."""
+    def mark(act):
+        act.fields = tuple(fields)
+        return act
+    return mark
+
+
 def _set(*targets, cast=None, pivot=None):
     """Store the value (a list for multi-value flags) in every target."""
+    @_sets(*(_field(t) for t in targets))
     def act(st, vals):
         value = _one(vals)
         if cast is not None:
@@ -173,19 +184,24 @@ def _set(*targets, cast=None, pivot=None):
             _put(st.cfg, t, value)
         if pivot:
             st.set_pivot(pivot)
+    act.targets = targets
     return act
 
 
 def _const(target, value):
+    @_sets(_field(target))
     def act(st, vals):
         _put(st.cfg, target, value)
+    act.targets = (target,)
     return act
 
 
 def _all(*acts):
+    @_sets(*(f for a in acts for f in getattr(a, "fields", ())))
     def act(st, vals):
         for a in acts:
             a(st, vals)
+    act.targets = tuple(t for a in acts for t in getattr(a, "targets", ()))
     return act
 
 
@@ -206,6 +222,7 @@ def _pivot(name):
 
 def _convention(name, pivot):
     """-mosflm & co; the C also sets its running pivot (-dials sets BEAM here!)."""
+    @_sets("detector.convention")
     def act(st, vals):
         st.cfg.detector.convention = name
         st.set_pivot(pivot)
@@ -214,6 +231,7 @@ def _convention(name, pivot):
 
 def _custom_vector(target, scale=1.0):
     """Any user vector switches the C to the CUSTOM convention (SPEC 1.8)."""
+    @_sets(_field(target))
     def act(st, vals):
         _put(st.cfg, target, [float(v) * scale for v in vals])
         st.cfg.detector.convention = "CUSTOM"
@@ -228,6 +246,7 @@ def _nonzero_vector(flag, vals):
 def _vector(target, zero_ok=False, scale=1.0):
     base = _custom_vector(target, scale)
 
+    @_sets(_field(target))
     def act(st, vals):
         if not zero_ok:
             _nonzero_vector(st.flag, vals)
@@ -235,12 +254,14 @@ def _vector(target, zero_ok=False, scale=1.0):
     return act
 
 
+@_sets("detector.twotheta_deg")
 def _twotheta(st, vals):
     st.cfg.detector.twotheta_deg = vals[0]
     st.c_twotheta = vals[0]
     st.set_pivot("SAMPLE")
 
 
+@_sets("detector.twotheta_axis")
 def _twotheta_axis(st, vals):
     _nonzero_vector(st.flag, vals)
     _custom_vector("detector.twotheta_axis")(st, vals)
@@ -250,11 +271,13 @@ def _twotheta_axis(st, vals):
     st.c_pivot = "SAMPLE"
 
 
+@_sets("detector.pivot")
 def _explicit_pivot(st, vals):
     st.cfg.detector.pivot = vals[0].upper()
     st.set_pivot(vals[0].upper())
 
 
+@_sets("crystal.cell")
 def _cell(st, vals):
     # a later -cell overwrites only the positions it gives, as the C's a[0], b[0] ...
     for k, v in enumerate(vals):
@@ -262,6 +285,7 @@ def _cell(st, vals):
     st.cell_given = True
 
 
+@_sets("crystal.misset_deg")
 def _misset(st, vals):
     cr = st.cfg.crystal
     if vals == ["random"]:
@@ -272,6 +296,7 @@ def _misset(st, vals):
         st.c_misset = tuple(float(v) for v in vals)
 
 
+@_sets("crystal.misset_seed")
 def _misset_seed(st, vals):
     st.cfg.crystal.misset_seed = vals[0]
     # C quirk (SPEC 8.3 item 3): "-misset" also matches "-misset_seed N A B":
@@ -285,10 +310,12 @@ def _misset_seed(st, vals):
             st.c_misset = tuple(float(c_atof(t)) for t in rest)
 
 
+@_sets("beam.wavelength_A")
 def _energy(st, vals):
     st.cfg.beam.wavelength_A = HC_EV_A / vals[0]
 
 
+@_sets("detector.mu_per_m")
 def _detector_abs(st, vals):
     det = st.cfg.detector
     if vals[0] == 0 or math.isinf(vals[0]):
@@ -298,6 +325,7 @@ def _detector_abs(st, vals):
         det.mu_per_m = 1.0 / (vals[0] * 1e-6)
 
 
+@_sets("detector.roi")
 def _roi(st, vals):
     xmin, xmax, ymin, ymax = vals
     if xmin > xmax or ymin > ymax:
@@ -306,32 +334,38 @@ def _roi(st, vals):
     st.cfg.detector.roi = (xmin, xmax, ymin, ymax)
 
 
+@_sets("output.printout_pixel")
 def _printout_pixel(st, vals):
     st.cfg.output.printout_pixel = (vals[0], vals[1])
     st.cfg.output.printout = True        # the "-printout" pattern matches it too
 
 
+@_sets("output.trace_pixel")
 def _trace_pixel(st, vals):
     st.cfg.output.trace_pixel = (vals[0], vals[1])      # slow, fast
 
 
 def _stol(mult):
+    @_sets("background.stol_table")
     def act(st, vals):
         st.stol = (st.flag, vals[0], mult)
     return act
 
 
-def _remember(attr):
+def _remember(attr, *fields):
     """File flags: remember the name (read after all flags; last one wins)."""
+    @_sets(*fields)
     def act(st, vals):
         setattr(st, attr, (st.flag, vals[0]))
     return act
 
 
+@_sets("oversample")
 def _oversample(st, vals):
     st.cfg.oversample = None if vals[0] <= 0 else vals[0]
 
 
+@_sets("beam.beamsize_mm")
 def _beamsize(st, vals):
     if vals[0] == 0:
         raise FlagError(f"{st.flag}: the beam size must not be 0 (a negative value "
@@ -399,13 +433,13 @@ C, D, B, S, O = "crystal.", "detector.", "beam.", "sim.", "output."
 
 FLAGS: List[Flag] = (
     _g("Crystal and structure factors", [
-        ("-hkl", "FILE", (FILE,), _remember("hkl"),
+        ("-hkl", "FILE", (FILE,), _remember("hkl", "crystal.hkl"),
          "h k l F text file (P1); without it Fdump.bin is read if present"),
-        ("-dump", "FILE", (FILE,), _set(C + "dump_file"),
+        ("-dump", "FILE", (FILE,), _all(_set(C + "dump_file"), _remember("dump")),
          "structure-factor cache file (default Fdump.bin)"),
         ("-default_F", "F", (NUM,), _set(C + "default_F"),
          "F for reflections not in the -hkl file (default 0)"),
-        ("-mat", "FILE", (FILE,), _remember("mat"),
+        ("-mat", "FILE", (FILE,), _remember("mat", "crystal.mat"),
          "MOSFLM orientation matrix (reciprocal axes x wavelength)"),
         ("-cell", "A B C AL BE GA", (NONNEG,) * 6, _cell,
          "unit cell (Angstrom, deg); b, c default to a, angles to 90",
@@ -540,7 +574,7 @@ FLAGS: List[Flag] = (
          "source points in both directions"),
         ("-round_div", "", (), _const(B + "round_div", True), "trim the divergence grid to an ellipse (default)"),
         ("-square_div", "", (), _const(B + "round_div", False), "full divergence grid"),
-        ("-sourcefile", "FILE", (FILE,), _remember("sourcefile"),
+        ("-sourcefile", "FILE", (FILE,), _remember("sourcefile", "beam.sources"),
          "sources, one per line: X Y Z (m) weight lambda (m)"),
         ("-beam_vector", "X Y Z", (NUM,) * 3, _vector(B + "beam_vector"),
          "beam propagation direction (CUSTOM)"),
@@ -623,6 +657,29 @@ FLAGS: List[Flag] = (
 
 _BY_NAME = {name: flag for flag in FLAGS for name in flag.names}
 assert len(_BY_NAME) == sum(len(f.names) for f in FLAGS), "duplicate flag name"
+
+
+def _check_targets() -> dict:
+    """Every field a flag sets exists in SimConfig (a misspelt target fails at import,
+    not silently at run time); returns field -> the first flag that sets it."""
+    cfg = SimConfig()
+    field_flag = {"detector.mask": "-mask", "crystal.hkl.F": "-hkl"}
+    for flag in FLAGS:
+        for target in getattr(flag.apply, "targets", ()):
+            m = _T.match(target)
+            obj = cfg if m.group(1) == "sim" else getattr(cfg, m.group(1), None)
+            if obj is None or m.group(2) not in {f.name for f in dataclasses.fields(obj)}:
+                raise AssertionError(f"flag {flag.name}: no config field {target!r}")
+        for field in getattr(flag.apply, "fields", ()):
+            section, _, name = field.rpartition(".")
+            obj = getattr(cfg, section) if section else cfg
+            if name not in {f.name for f in dataclasses.fields(obj)}:
+                raise AssertionError(f"flag {flag.name}: no config field {field!r}")
+            field_flag.setdefault(field, flag.name)
+    return field_flag
+
+
+_FIELD_FLAG = _check_targets()
 _HELP = ("-h", "--help", "-help")
 
 
@@ -679,7 +736,8 @@ class _State:
         self.c_pivot = self.pivot
         self.c_twotheta = float(self.cfg.detector.twotheta_deg)
         self.c_misset = None
-        self.hkl = self.mat = self.sourcefile = self.stol = None   # (flag, file[, mult])
+        self.hkl = self.mat = self.sourcefile = self.stol = self.dump = None   # (flag, file[, mult])
+        self.implicit_dump = False
         self.mask_file = None
         self.flag = ""
         self.index = -1
@@ -688,17 +746,20 @@ class _State:
         self.pivot = self.c_pivot = name
 
 
-def config_from_args(argv: Sequence[str]) -> SimConfig:
-    """Parse nanoBragg flags (argv without the program name) into a SimConfig.
+def config_from_args(argv: Sequence[str], *, implicit_dump: bool = False) -> SimConfig:
+    """Parse nanoBragg flags (argv without the program name) into a validated SimConfig.
 
-    Reads the input files named by the flags; writes nothing.  Raises
-    `ConfigError` (FlagError / FileError) for bad input and `UsageError` where
-    nanoBragg.c prints its usage and exits 9.
+    Reads the input files named by the flags; writes nothing. implicit_dump: read the
+    structure-factor cache (Fdump.bin, or -dump FILE) when no -hkl is given, as the C
+    and the command line do; the library default reads a dump file only when -dump
+    names it. Raises `ConfigError` (FlagError / FileError) for bad input, naming the
+    flag or file, and `UsageError` where nanoBragg.c prints its usage and exits 9.
     """
     argv = [str(a) for a in argv]
     uses = _tokenize(argv)
     st = _State(argv)
     cfg = st.cfg
+    st.implicit_dump = implicit_dump
 
     # SMV headers first (SPEC 6.7): the mask, then -img, whatever their argv order
     last = {u.flag.name: u for u in uses if u.flag.name in ("-mask", "-img")}
@@ -712,33 +773,48 @@ def config_from_args(argv: Sequence[str]) -> SimConfig:
 
     _finish_crystal(st)
     _finish_quirks(st)
-    _finish_beam(st)
-    _check_detector(st)
     _check_usage(st)
     _read_inputs(st)
+    _validated(st, uses)
     cfg.argv = list(argv)
     return cfg
+
+
+def _validated(st, uses) -> None:
+    """The library's validation, its messages naming the flag the user typed (or the file)."""
+    try:
+        validate(st.cfg)
+    except FieldError as err:
+        if err.field == "detector.mask" and st.mask_file is not None:
+            raise FileError(f"-mask {st.mask_file}: {err.reason}") from err
+        raise FlagError(f"{flag_for_field(err.field, uses)}: {err.reason}") from err
+
+
+def flag_for_field(field: str, uses=()) -> str:
+    """The flag that set a config field: the last one typed, else the table's first."""
+    base = field.split("[")[0]
+    while True:
+        typed = [u.name for u in uses if base in getattr(u.flag.apply, "fields", ())]
+        if typed:
+            return typed[-1]
+        if base in _FIELD_FLAG:
+            return _FIELD_FLAG[base]
+        if "." not in base:
+            return field
+        base = base.rsplit(".", 1)[0]         # 'crystal.hkl.F' -> 'crystal.hkl'
 
 
 # --------------------------------------------------------------------------
 # after the flags
 
 def _finish_crystal(st):
+    """-cell takes 1 to 6 numbers: the C's defaults for what it left out or gave as <= 0."""
     if not st.cell_given:
         return
     a, b, c, al, be, ga = st.cell
-    if a <= 0:
-        raise FlagError(f"-cell: the a axis must be > 0, got {a:g}")
-    # the C's defaults for what -cell left out or gave as <= 0
     b = b if b > 0 else a
     c = c if c > 0 else a
     al, be, ga = (x if x > 0 else 90.0 for x in (al, be, ga))
-    for label, x in (("alpha", al), ("beta", be), ("gamma", ga)):
-        if x >= 180:
-            raise FlagError(f"-cell: {label} must be below 180 deg, got {x:g}")
-    ca, cb, cg = (math.cos(math.radians(x)) for x in (al, be, ga))
-    if 1 - ca * ca - cb * cb - cg * cg + 2 * ca * cb * cg <= 0:
-        raise FlagError(f"-cell: the angles {al:g} {be:g} {ga:g} do not form a unit cell")
     st.cfg.crystal.cell = [float(x) for x in (a, b, c, al, be, ga)]
 
 
@@ -752,99 +828,37 @@ def _finish_quirks(st):
     cq.misset = "same" if st.c_misset == spec_misset else st.c_misset
 
 
-def _finish_beam(st):
-    """Fluence from flux and beam clipping of the sample (SPEC 3.6, 2.5), as the C."""
-    beam, size = st.cfg.beam, st.cfg.crystal.sample_size_mm
-    beamsize = beam.beamsize_mm / 1000           # metres, as the C's atof()/1000
-    if beam.flux != 0.0 and beam.exposure_s > 0.0 and beamsize >= 0:
-        beam.fluence = beam.flux * beam.exposure_s / beamsize / beamsize
-    if beamsize >= 0:
-        for k, word in ((1, "high"), (2, "wide")):
-            sample = size[k] / 1000
-            if beamsize < sample:
-                st.cfg.notes.append(f"WARNING: clipping sample ({sample:g} m {word}) "
-                                    f"with beam ({beamsize:g} m)")
-                size[k] = beam.beamsize_mm
-    if beam.exposure_s > 0.0:
-        beam.flux = beam.fluence / beam.exposure_s * beamsize * beamsize   # bookkeeping
-
-
-def _check_detector(st):
-    det, cfg = st.cfg.detector, st.cfg
-    if not det.pixel_size_mm > 0:
-        raise FlagError(f"the pixel size must be > 0 mm, got {det.pixel_size_mm:g}")
-    if not cfg.beam.wavelength_A > 0:
-        raise FlagError(f"the wavelength must be > 0 Angstrom, got {cfg.beam.wavelength_A:g}")
-    nf, ns = det.fpixels, det.spixels
-    for axis, n, flag in (("fast", nf, "-detsize_f"), ("slow", ns, "-detsize_s")):
-        if n <= 0:
-            raise FlagError(f"the detector has {n} pixels along {axis} "
-                            f"(check {flag}/-detsize and -pixel)")
-    if det.roi is not None:
-        xmin, xmax, ymin, ymax = det.roi
-        if xmax >= nf or ymax >= ns:
-            raise FlagError(f"-roi {xmin} {xmax} {ymin} {ymax} is outside the detector "
-                            f"(fast 0..{nf - 1}, slow 0..{ns - 1})")
-    for flag, px, (f, s) in (("-printout_pixel", cfg.output.printout_pixel, (0, 1)),
-                             ("-trace_pixel", cfg.output.trace_pixel, (1, 0))):
-        if px is not None and (px[f] >= nf or px[s] >= ns):
-            raise FlagError(f"{flag} {px[0]} {px[1]} is outside the detector "
-                            f"(fast 0..{nf - 1}, slow 0..{ns - 1})")
-    if det.mask is not None and det.mask.shape != (ns, nf):
-        raise FileError(f"-mask {st.mask_file}: the mask is {det.mask.shape[1]}x"
-                        f"{det.mask.shape[0]} pixels but the detector is {nf}x{ns}")
+def _dump_available(st) -> bool:
+    return (st.implicit_dump or st.dump is not None) and os.path.exists(st.cfg.crystal.dump_file)
 
 
 def _check_usage(st):
     cr = st.cfg.crystal
-    if st.hkl is None and not os.path.exists(cr.dump_file) and cr.default_F == 0:
+    if st.hkl is None and not _dump_available(st) and cr.default_F == 0:
         raise UsageError("ERROR: no hkl file and no dump file to read.")
     if st.mat is None and not st.cell_given:
         raise UsageError("ERROR: no crystal: give -cell a b c alpha beta gamma or -mat FILE.")
 
 
-def _read_file(flag, path, reader, *args, **kw):
-    """Call an io reader; any failure becomes a one-line FileError naming flag and file."""
-    try:
-        return reader(path, *args, **kw)
-    except ConfigError as err:
-        msg = str(err).strip().replace("\n", " ")
-        if path not in msg:
-            msg = f"{path}: {msg}"
-        raise FileError(f"{flag} {msg}") from err
-    except OSError as err:
-        raise FileError(f"{flag} {path}: {err.strerror or err}") from err
-    except (ValueError, IndexError, UnicodeError) as err:
-        raise FileError(f"{flag} {path}: malformed file ({err})") from err
-
-
 def _read_inputs(st):
     cfg, cr = st.cfg, st.cfg.crystal
-    strict = cfg.mode == "spec"
+    mode = get_mode(cfg.mode)
+    cfg.inputs_read_as = mode.name
     if st.mat is not None:
-        from .io.matfile import read_mat
         cr.mat_file = st.mat[1]
-        cr.mat = _read_file(*st.mat, read_mat)
+        inputs.read_matrix(cfg, st.mat[0])
     if st.hkl is not None:
-        from .io.hkl import read_hkl_with_messages
         cr.hkl_file = st.hkl[1]
-        cr.hkl, messages = _read_file(*st.hkl, read_hkl_with_messages, cr.default_F, strict)
-        cfg.notes.extend(messages)
-    elif os.path.exists(cr.dump_file):
-        from .io.hkl import read_fdump
-        cr.hkl = _read_file("-dump", cr.dump_file, read_fdump, c_quirk=cfg.mode == "c-parity")
+    cfg.notes.extend(inputs.read_structure_factors(
+        cfg, mode, implicit_dump=st.implicit_dump, dump_named=st.dump is not None and
+        os.path.exists(cr.dump_file), flag=st.hkl[0] if st.hkl else "-hkl"))
     if st.sourcefile is not None:
-        from .io.sourcefile import read_sourcefile
-        arr = _read_file(*st.sourcefile, read_sourcefile, strict=strict)
-        if len(arr) == 0:
-            raise FileError(f"{st.sourcefile[0]} {st.sourcefile[1]}: no sources in the file")
-        cfg.beam.sources = SourceList(position_m=arr[:, :3].copy(), weight=arr[:, 3].copy(),
-                                      wavelength_m=arr[:, 4].copy())
+        cfg.beam.source_file = st.sourcefile[1]
+        inputs.read_sources(cfg, mode, st.sourcefile[0])
     if st.stol is not None:
-        from .io.stol import read_stol
         flag, path, mult = st.stol
         cfg.background.stol_file = path
-        cfg.background.stol_table = _read_file(flag, path, read_stol)
+        inputs.read_stol(cfg, flag)
         cfg.background.stol_mult = mult
 
 
@@ -866,7 +880,7 @@ def _mm_for_metres(x_m: float) -> float:
 def _ingest_header(st, flag, path):
     """Detector/beam values from an SMV header, as the C (SPEC 6.7)."""
     from .io.smv import header_value, read_smv
-    smv = _read_file(flag, path, read_smv)
+    smv = inputs.read_file(flag, path, read_smv)
     cfg, det = st.cfg, st.cfg.detector
 
     def value(key):
@@ -942,7 +956,7 @@ def main(argv: Sequence[str]) -> int:
         return 0
     debug = "-debug" in argv
     try:
-        cfg = config_from_args(argv)
+        cfg = config_from_args(argv, implicit_dump=True)
     except UsageError as err:
         msg = str(err).strip()
         if msg and msg != "usage:":
@@ -960,6 +974,8 @@ def main(argv: Sequence[str]) -> int:
     except ConfigError as err:
         if debug:
             raise
+        if isinstance(err, FieldError):
+            err = FlagError(f"{flag_for_field(err.field)}: {err.reason}")
         print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
         return 2 if isinstance(err, FlagError) else 1
 

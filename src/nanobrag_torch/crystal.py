@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import SimConfig
+from .modes import Mode, get_mode
 from .errors import ConfigError
 from .units import deg_to_rad
 from .vec import as_tensor, cross, dot, magnitude, rotate_axis, rotate_umat, rotate_xyz, value
@@ -81,10 +82,11 @@ def _rescale(v, new_mag):
     return (new_mag / old) * v
 
 
-def misset_angles(cfg: SimConfig, mode: str):
+def misset_angles(cfg: SimConfig, mode: Mode):
     """The misset to apply: ('random', None) or (None, (3,) deg) or (None, None)."""
+    mode = get_mode(mode)
     cr = cfg.crystal
-    if mode == "c-parity" and cfg.c_quirks.misset != "same":
+    if not mode.argv_as_given and cfg.c_quirks.misset != "same":
         quirk = cfg.c_quirks.misset
         if quirk == "random":
             return "random", None
@@ -94,8 +96,9 @@ def misset_angles(cfg: SimConfig, mode: str):
     return None, cr.misset_deg
 
 
-def crystal_lattice(cfg: SimConfig, mode: str, wavelength_m: torch.Tensor, dtype, device) -> Lattice:
+def crystal_lattice(cfg: SimConfig, mode: Mode, wavelength_m: torch.Tensor, dtype, device) -> Lattice:
     """SPEC 2.1-2.5: cell or -mat, misset, real/reciprocal re-derivation, crystal size."""
+    mode = get_mode(mode)
     cr = cfg.crystal
     t = lambda x: as_tensor(x, dtype, device)  # noqa: E731
     if cr.cell is None and cr.mat is None:
@@ -149,11 +152,25 @@ def crystal_lattice(cfg: SimConfig, mode: str, wavelength_m: torch.Tensor, dtype
     return Lattice(a, b, c, a_star, b_star, c_star, V_cell, n_cells, misset_rad, kind == "random")
 
 
+def sample_size_m(cfg: SimConfig) -> tuple[list, list[str]]:
+    """The crystal's x, y, z size (m; 0: unset) with y and z clipped to the beam size,
+    and the C's warnings about the clipping (SPEC 2.5)."""
+    sizes = [s / 1000.0 for s in cfg.crystal.sample_size_mm]
+    beamsize = cfg.beam.beamsize_mm / 1000           # metres, as the C's atof()/1000
+    notes = []
+    if beamsize >= 0:
+        for k, word in ((1, "high"), (2, "wide")):
+            if beamsize < sizes[k]:
+                notes.append(f"WARNING: clipping sample ({sizes[k]:g} m {word}) with beam ({beamsize:g} m)")
+                sizes[k] = cfg.beam.beamsize_mm / 1000.0
+    return sizes, notes
+
+
 def crystal_size(cfg: SimConfig, a, b, c, dtype, device) -> torch.Tensor:
     """SPEC 2.5: Na Nb Nc from -N/-Na.. or from the sample size, clamped to >= 1."""
     cr = cfg.crystal
     n = as_tensor(cr.n_cells, dtype, device)
-    sizes = [s / 1000.0 for s in cr.sample_size_mm]
+    sizes = sample_size_m(cfg)[0]
     axes = (a, b, c)
     n = torch.stack([torch.ceil(sizes[i] / magnitude(axes[i])) if sizes[i] > 0 else n[i]
                      for i in range(3)])
@@ -241,12 +258,13 @@ def umat_from_axis_angle(v: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
     return torch.stack(rows, -2)
 
 
-def mosaic_umats(domains: int, spread_deg, seed: int, dtype, device) -> torch.Tensor:
+def mosaic_umats(domains: int, spread_deg, seed: int, dtype, device, smooth: bool = True) -> torch.Tensor:
     """(M, 3, 3) domain rotations from the C generator; domain 0 is the identity.
 
-    The angle is float32(float32(spread) * g) as in the C (the product is done
-    in float32). d/d(spread) is that of the unrounded spread * g, in dtype
-    (the rounding enters as a constant correction: the value stays the C's).
+    smooth (spec mode): the angle is spread * g in dtype, a smooth function of the
+    spread. Otherwise float32(float32(spread) * g) as in the C (the product is done
+    in float32), with d/d(spread) that of the unrounded spread * g (the rounding
+    enters as a constant correction: the value stays the C's).
     """
     eye = torch.eye(3, dtype=dtype, device=device)
     if domains <= 1:
@@ -256,6 +274,9 @@ def mosaic_umats(domains: int, spread_deg, seed: int, dtype, device) -> torch.Te
     axes, g, _ = rng.mosaic_domains(domains, 1.0, seed)     # the draws do not depend on the spread
     axes = torch.as_tensor(axes, dtype=dtype, device=device)
     g = torch.as_tensor(g, dtype=torch.float32, device=device)
+    if smooth:
+        rot = spread_rad * g.to(dtype)
+        return torch.cat((eye[None], umat_from_axis_angle(axes, rot)[1:]), dim=0)
     rot = (spread_rad.to(torch.float32) * g).to(dtype)
     if spread_rad.requires_grad:
         # x + (y - x) == y exactly for y the float32 rounding of x (Sterbenz: y - x is exact)
@@ -310,3 +331,22 @@ def rotated_cells(lat: Lattice, spindle: torch.Tensor, phis: torch.Tensor, umats
         index = torch.tensor([len(phis) if j < 0 else j for j in phi_steps_used], device=abcp.device)
         abcp = with_unrotated.index_select(0, index)
     return rotate_umat(abcp[:, None, :, :], umats[None, :, None, :, :])
+
+
+def rotated_cell_set(lat: Lattice, spindle: torch.Tensor, phi: PhiPlan, domains: int, spread_deg,
+                     seed: int, mode: Mode, dtype, device):
+    """(R, 3, 3) cells for every (phi step, mosaic domain), phi major, and c-parity's cells
+    of the run's very first phi loop (None where they are the same or in spec mode)."""
+    mode = get_mode(mode)
+    umats = mosaic_umats(domains, spread_deg, seed, dtype, device, smooth=mode.smooth_mosaic_angles)
+    phis = phi_angles(phi, dtype, device)
+    if mode.fresh_phi_rotation:
+        return rotated_cells(lat, spindle, phis, umats).reshape(-1, 3, 3), None
+    # C-PARITY-001: where phi == 0 the C reuses the last rotation it computed
+    values = [value(x) for x in phis]
+    carried = carried_phi_steps(values, first_loop=False)
+    first = carried_phi_steps(values, first_loop=True)
+    cells = rotated_cells(lat, spindle, phis, umats, carried).reshape(-1, 3, 3)
+    if first == carried:
+        return cells, None
+    return cells, rotated_cells(lat, spindle, phis, umats, first).reshape(-1, 3, 3)

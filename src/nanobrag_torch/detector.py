@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import SimConfig
+from .modes import Mode, get_mode
 from .errors import ConfigError
 from .units import deg_to_rad
 from .vec import as_tensor, cross, dot, rotate_axis, rotate_xyz, unitize
@@ -110,21 +111,23 @@ def lab_vectors(cfg: SimConfig, dtype, device) -> LabVectors:
     return LabVectors(beam, fdet, sdet, odet_unit, axis, polar, spindle, vert, regenerate)
 
 
-def choose_pivot(cfg: SimConfig, mode: str) -> str:
+def choose_pivot(cfg: SimConfig, mode: Mode | str) -> str:
     """SPEC 1.7: a named convention forces its pivot; spec mode honours an explicit -pivot."""
+    mode = get_mode(mode)
     det = cfg.detector
-    if mode == "spec" and det.pivot is not None:
+    if mode.explicit_pivot and det.pivot is not None:
         return det.pivot.upper()
     if det.convention in CONVENTION_PIVOT:
         return CONVENTION_PIVOT[det.convention]
     running = det.pivot_from_flags
-    if mode == "c-parity" and cfg.c_quirks.pivot_from_flags is not None:
+    if not mode.argv_as_given and cfg.c_quirks.pivot_from_flags is not None:
         running = cfg.c_quirks.pivot_from_flags
     return running.upper()
 
 
-def twotheta_deg(cfg: SimConfig, mode: str):
-    if mode == "c-parity" and cfg.c_quirks.twotheta_deg is not None:
+def twotheta_deg(cfg: SimConfig, mode: Mode):
+    mode = get_mode(mode)
+    if not mode.argv_as_given and cfg.c_quirks.twotheta_deg is not None:
         return cfg.c_quirks.twotheta_deg
     return cfg.detector.twotheta_deg
 
@@ -133,8 +136,9 @@ def _mm(x, dtype, device):
     return as_tensor(x, dtype, device) / 1000.0
 
 
-def detector_geometry(cfg: SimConfig, mode: str, dtype, device) -> DetectorGeometry:
+def detector_geometry(cfg: SimConfig, mode: Mode, dtype, device) -> DetectorGeometry:
     """SPEC 1.4-1.6 in the C's order: beam centres, convention, pivot, rotations, pix0."""
+    mode = get_mode(mode)
     det = cfg.detector
     px = det.pixel_size_mm / 1000.0
     fpixels, spixels = det.fpixels, det.spixels
@@ -202,7 +206,7 @@ def detector_geometry(cfg: SimConfig, mode: str, dtype, device) -> DetectorGeome
     odet = rotate_axis(rotate_xyz(odet, rotx, roty, rotz), axis, twotheta)
     if pivot == "BEAM":
         pix0 = -Fbeam * fdet - Sbeam * sdet + distance * beam
-    if mode == "spec" and det.pix0_vector_m is not None:
+    if mode.pix0_vector and det.pix0_vector_m is not None:
         # spec mode places the first pixel where the user said (the C ignores the value)
         pix0 = as_tensor(det.pix0_vector_m, dtype, device)
 
@@ -214,7 +218,7 @@ def detector_geometry(cfg: SimConfig, mode: str, dtype, device) -> DetectorGeome
     Fbeam = dot(fdet, R)
     Sbeam = dot(sdet, R)
     distance = close_distance / ratio
-    if mode == "spec" and det.pix0_vector_m is not None:
+    if mode.pix0_vector and det.pix0_vector_m is not None:
         Xbeam, Ybeam = _header_centre_from_beam(conv, Fbeam, Sbeam, px, detsize_s)
     orgx_out = Fclose / px + 0.5
     orgy_out = Sclose / px + 0.5

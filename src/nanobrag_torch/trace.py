@@ -30,11 +30,10 @@ import sys
 import torch
 
 from .crystal import _rescale, reciprocal_from_cell
-from .kernel import lattice_factor, render_pixels
+from .execution import StateScan
+from .kernel import RunState, lattice_factor, render_pixels
 from .units import R_E_SQR, RTD, deg_to_rad
 from .vec import as_tensor, cross, dot, magnitude, rotate_xyz
-
-EVALS_PER_CHUNK = 1 << 20
 
 # how each convention turns the user's beam centre into (Fbeam, Sbeam) (SPEC 1.5, step 3)
 _MAPPING = {
@@ -66,10 +65,10 @@ def _vec(v) -> list:
 
 
 # ---------------------------------------------------------------- entry point
-def trace_pixel(sim, s: int, f: int, out=None) -> None:
-    """Print the trace of pixel (slow s, fast f) of the simulator's last run to out."""
+def trace_pixel(sim, image, s: int, f: int, out=None) -> None:
+    """Print the trace of pixel (slow s, fast f) of an Image the Simulator sim rendered."""
     out = out or sys.stdout
-    setup = sim.last_setup
+    setup = image.setup
     geom = setup.geom
     say = lambda text: print(text, file=out)  # noqa: E731
     if not (0 <= s < geom.spixels and 0 <= f < geom.fpixels):
@@ -86,8 +85,8 @@ def trace_pixel(sim, s: int, f: int, out=None) -> None:
             say(f"TRACE_CONFIG: pixel (spixel={s}, fpixel={f}) is not rendered (outside -roi or "
                 "masked): its value stays 0")
             return
-        plan = _plan_at(setup, rank)
-        ev = _evaluate(plan, s, f)
+        plan, state = setup.plan, _state_at(sim, image, rank)
+        ev = _evaluate(plan, state, s, f)
         _trace_blocks(setup, plan, ev, say)
         _trace_final(sim, setup, plan, ev, say)
 
@@ -287,8 +286,8 @@ def _raster_rank(setup, s: int, f: int):
     return int(hit[0, 0]) if hit.numel() else None
 
 
-def _plan_at(setup, rank: int):
-    """A copy of the kernel plan in the state the run had on reaching the rank-th pixel.
+def _state_at(sim, image, rank: int) -> RunState:
+    """The run state the image had on reaching its rank-th rendered pixel.
 
     Two pieces of C state carry from pixel to pixel: the interpolation switch
     (off for good after the first out-of-range evaluation) and, in c-parity,
@@ -296,32 +295,17 @@ def _plan_at(setup, rank: int):
     end-of-run state does not settle the question, the pixels before this one
     are rendered again (only then does tracing cost a partial re-run).
     """
-    plan = setup.plan
-    need_interp = plan.interpolate and not plan.interp_state["active"]
-    need_first = plan.cells_first is not None
-    interp_active, first_done = True, True
-    if need_first:
-        # the first rendered pixel holds the first evaluation unless dmin culls all of it
-        first_done = rank > 0 and not plan.culling
-    if rank > 0 and (need_interp or (need_first and plan.culling)):
-        probe = dataclasses.replace(plan, interp_state={"active": True, "warning": None},
-                                    first_evaluation_done=not need_first)
-        per_pixel = max(1, plan.oversample ** 2 * plan.odet_offsets.shape[0] * plan.incident.shape[0]
-                        * plan.cells.shape[0])
-        batch = max(1, EVALS_PER_CHUNK // per_pixel)
-        for start in range(0, rank, batch):
-            stop = min(rank, start + batch)
-            render_pixels(setup.pixels_s[start:stop], setup.pixels_f[start:stop], probe)
-            if (not need_interp or not probe.interp_state["active"]) and \
-                    (not need_first or probe.first_evaluation_done):
-                break
-        interp_active, first_done = probe.interp_state["active"], probe.first_evaluation_done
-    return dataclasses.replace(plan, interp_state={"active": interp_active, "warning": None},
-                               first_evaluation_done=first_done)
+    plan = image.setup.plan
+    never_switched = image.state is not None and image.state.interpolating
+    if never_switched and not (plan.cells_first is not None and plan.culling):
+        # (without culling the first phi loop is the first rendered pixel's)
+        first_loop = 0 if plan.cells_first is not None else None
+        return StateScan(None, first_loop, None).state_at(rank)
+    return sim.renderer(image.setup).scan(stop_rank=rank).state_at(rank)
 
 
 # -------------------------------------------------------- the pixel itself
-def _evaluate(plan, s: int, f: int) -> dict:
+def _evaluate(plan, state: RunState, s: int, f: int) -> dict:
     """Every intermediate of render_pixels for the single pixel (s, f).
 
     They are render_pixels' own, recorded by it (record=...) in the C's order
@@ -334,11 +318,8 @@ def _evaluate(plan, s: int, f: int) -> dict:
     dev = plan.incident.device
     s_idx = torch.tensor([s], device=dev)
     f_idx = torch.tensor([f], device=dev)
-    rec = {}
-    # a copy of the plan: rendering updates the run-wide state (interpolation switch,
-    # first phi loop) and the trace must not
-    rplan = dataclasses.replace(plan, interp_state=dict(plan.interp_state))
-    render_pixels(s_idx, f_idx, rplan, record=rec)
+    res = render_pixels(s_idx, f_idx, plan, state, record=True)
+    rec = res.record
     T, O = rec["P"].shape[1], rec["P"].shape[2]
     S, R = plan.incident.shape[0], plan.cells.shape[0]
     groups = (T, O, O, S)
@@ -346,7 +327,7 @@ def _evaluate(plan, s: int, f: int) -> dict:
     culled = None if rec["culled"] is None else rec["culled"][0].reshape(groups)
 
     first_group = None
-    if rplan.first_evaluation_done and not plan.first_evaluation_done:
+    if res.first_loop_pixel is not None:
         # C-PARITY-001: this pixel held the run's first phi loop, at its first unculled group
         alive = torch.ones(S * T * O * O, dtype=torch.bool, device=dev) if culled is None \
             else ~culled.reshape(-1)
@@ -368,8 +349,7 @@ def _evaluate(plan, s: int, f: int) -> dict:
         held_polar = held_polar[0]
     # the pixel's value as the simulator renders it: the recording run lays the evaluations
     # out in the C's order, which may sum them in another order than the simulator's layout
-    value = render_pixels(s_idx, f_idx, dataclasses.replace(
-        plan, interp_state=dict(plan.interp_state))).value[0]
+    value = render_pixels(s_idx, f_idx, plan, state).value[0]
     return dict(P=rec["P"][0], airpath=rec["airpath"][0], d=rec["d"][0], omega=rec["omega"][0],
                 capture=rec["capture"][0], q=rec["q"][0].reshape(groups + (3,)), culled=culled,
                 hkl=rec["hkl"][0].reshape(evals + (3,)), hkl0=rec["hkl0"][0].reshape(evals + (3,)),
@@ -516,7 +496,7 @@ def _trace_final(sim, setup, plan, ev, say) -> None:
     line("I_before_scaling", ev["I"])
     line("r_e_meters", math.sqrt(R_E_SQR))
     line("r_e_sqr", R_E_SQR)
-    line("fluence_photons_per_m2", cfg.beam.fluence)
+    line("fluence_photons_per_m2", setup.fluence)
     say(f"TRACE_C: steps {plan.steps}")
     say(f"TRACE_C: oversample_thick {int(plan.oversample_thick)}")
     say(f"TRACE_C: oversample_polar {int(plan.oversample_polar)}")

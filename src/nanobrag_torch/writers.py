@@ -1,0 +1,131 @@
+"""Image files from an `Image`: the command line's outputs as public functions.
+
+    image = nanobrag_torch.simulate(cfg)
+    write_float("float.bin", image)            # raw float32, as -floatfile
+    scale = write_smv("image.img", image)      # SMV counts, as -intfile (returns the scale used)
+    write_pgm("image.pgm", image)              # 8-bit preview, as -pgmfile
+    noise = write_noise("noise.img", image, seed=1)   # Poisson noise, as -noisefile
+
+Scales, offsets and seeds default to the config's (-scale, -pgmscale, -adc, -seed),
+with the C's automatic choices (SPEC 6.2). Every file is written whole or not at all.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import io
+from .image import Image
+from .modes import get_mode
+from .units import RTD
+
+
+def write_float(path, image: Image) -> None:
+    """The float32 image, raw little-endian (-floatfile)."""
+    io.write_float_image(path, image.float32)
+
+
+def int_scale(image: Image, scale: float | None = None) -> float:
+    """Counts per photon of the SMV image: the given or configured -scale, or 55000/max_I."""
+    scale = image.config.output.scale if scale is None else scale
+    if scale <= 0.0:
+        max_I = image.stats.max_I
+        scale = 55000.0 / max_I if max_I > 0.0 else 1.0
+    return scale
+
+
+def int_counts(image: Image, scale: float, adc: float) -> np.ndarray:
+    """SMV counts: floorf(float*scale + adc + 0.5) clamped to [0, 65535] on ROI pixels (SPEC 6.2)."""
+    v = image.float32.astype(np.float64) * scale + adc
+    v = np.clip(v, 0.0, 65535.0)
+    counts = np.floor((v + 0.5).astype(np.float32))      # floorf: the double is rounded to float first
+    return np.where(image.roi_mask, counts, 0).astype(np.uint16)
+
+
+def smv_header(image: Image) -> list:
+    """The C's SMV header keys and values (SPEC 6.2), in order."""
+    setup = image.setup
+    g = setup.geom
+    f = float
+    px = g.pixel_size_m
+    phi0 = f(setup.phi.phi0_rad) * RTD
+    return [
+        ("HEADER_BYTES", 512), ("DIM", 2), ("BYTE_ORDER", "little_endian"), ("TYPE", "unsigned_short"),
+        ("SIZE1", g.fpixels), ("SIZE2", g.spixels), ("PIXEL_SIZE", px * 1000.0),
+        ("DISTANCE", f(g.distance) * 1000.0),
+        ("WAVELENGTH", f(image.config.beam.wavelength_A) / 1e10 * 1e10),
+        ("BEAM_CENTER_X", f(g.Xbeam) * 1000.0), ("BEAM_CENTER_Y", f(g.Ybeam) * 1000),
+        ("ADXV_CENTER_X", f(g.Fbeam) * 1000.0), ("ADXV_CENTER_Y", (g.detsize_s_m - f(g.Sbeam)) * 1000),
+        ("MOSFLM_CENTER_X", (f(g.Sbeam) - 0.5 * px) * 1000.0),
+        ("MOSFLM_CENTER_Y", (f(g.Fbeam) - 0.5 * px) * 1000),
+        ("DENZO_X_BEAM", f(g.Sbeam) * 1000.0), ("DENZO_Y_BEAM", f(g.Fbeam) * 1000),
+        ("DIALS_ORIGIN", tuple(float(x) for x in g.dials_origin_mm)),
+        ("XDS_ORGX", f(g.orgx)), ("XDS_ORGY", f(g.orgy)),
+        ("CLOSE_DISTANCE", f(g.close_distance) * 1000.0),
+        ("PHI", phi0), ("OSC_START", phi0), ("OSC_RANGE", f(setup.phi.osc_rad) * RTD),
+        ("TWOTHETA", f(g.twotheta_rad) * RTD), ("DETECTOR_SN", "000"), ("BEAMLINE", "fake"),
+    ]
+
+
+def write_smv(path, image: Image, *, scale: float | None = None, adc: float | None = None) -> float:
+    """The noiseless SMV image (-intfile); returns the scale used (counts per photon)."""
+    scale = int_scale(image, scale)
+    adc = image.config.output.adc if adc is None else adc
+    io.write_smv(path, int_counts(image, scale, adc), smv_header(image))
+    return scale
+
+
+def pgm_scale(image: Image, scale: float | None = None) -> float:
+    """Grey levels per photon: the given or configured -pgmscale, or 250/(5 rmsd)."""
+    scale = image.config.output.pgmscale if scale is None else scale
+    if scale <= 0.0:
+        rmsd = image.stats.rmsd
+        scale = 250.0 / (5.0 * rmsd) if rmsd > 0.0 else int_scale(image)
+    return scale
+
+
+def pgm_levels(image: Image, scale: float) -> np.ndarray:
+    v = np.minimum(image.float32.astype(np.float64) * scale, 255.0)
+    return np.where(image.roi_mask, np.trunc(v), 0).astype(np.uint8)
+
+
+def write_pgm(path, image: Image, *, scale: float | None = None) -> float:
+    """The 8-bit PGM preview (-pgmfile); returns the scale used."""
+    scale = pgm_scale(image, scale)
+    io.write_pgm(path, pgm_levels(image, scale), scale)
+    return scale
+
+
+@dataclass(frozen=True)
+class Noise:
+    """A noise image: counts (S, F) uint16, photons drawn, pixels clipped at 65535."""
+    counts: np.ndarray
+    photons: float
+    overloads: int
+
+
+def noise_counts(image: Image, *, seed: int | None = None, adc: float | None = None) -> Noise:
+    """Poisson noise on the float image plus the ADC offset: the C's ran1/poidev stream in
+    c-parity mode (identical pixels for the same seed), torch's generator in spec mode."""
+    from . import noise as noise_mod
+    out = image.config.output
+    seed = (out.seed if out.seed is not None else int(time.time())) if seed is None else seed
+    adc = out.adc if adc is None else adc
+    img32 = image.float32
+    if get_mode(image.mode).torch_noise:
+        counts, photons, overloads = noise_mod.spec_noise_image(torch.from_numpy(img32), seed,
+                                                                image.setup.roi, adc)
+    else:
+        counts, photons, overloads = noise_mod.c_noise_image(img32, seed, image.setup.roi, adc)
+    return Noise(np.asarray(counts, dtype=np.uint16), photons, overloads)
+
+
+def write_noise(path, image: Image, *, seed: int | None = None, adc: float | None = None,
+                noise: Noise | None = None) -> Noise:
+    """The SMV noise image (-noisefile); returns it (photons, overloads)."""
+    noise = noise if noise is not None else noise_counts(image, seed=seed, adc=adc)
+    io.write_smv(path, noise.counts, smv_header(image))
+    return noise

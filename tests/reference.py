@@ -421,9 +421,13 @@ def crystal(cfg, mode) -> Crystal:
     a, b, c = (scale(v, 1e-10) for v in (a, b, c))
     # SPEC 2.5: sample size sets N, then N >= 1
     N = nums(cr.n_cells)
+    size_m = [x / 1000.0 for x in cr.sample_size_mm]
+    beamsize_m = cfg.beam.beamsize_mm / 1000.0
+    if beamsize_m >= 0:                 # the beam clips the sample's height and width
+        size_m[1], size_m[2] = min(size_m[1], beamsize_m), min(size_m[2], beamsize_m)
     for i, v in enumerate((a, b, c)):
-        if cr.sample_size_mm[i] > 0:
-            N[i] = float(math.ceil(cr.sample_size_mm[i] / 1000.0 / magnitude(v)))
+        if size_m[i] > 0:
+            N[i] = float(math.ceil(size_m[i] / magnitude(v)))
         if N[i] <= 1.0:
             N[i] = 1.0
     return Crystal(a, b, c, a_star, b_star, c_star, tuple(N))
@@ -694,6 +698,9 @@ def render(cfg, mode: str = "spec", mosaic_f32=None, pixels=None) -> Result:
     subpixel = geo.pixel / oversample
 
     fluence = num(beam.fluence)
+    beamsize_m = beam.beamsize_mm / 1000.0
+    if beam.flux != 0 and beam.exposure_s > 0 and beamsize_m > 0:      # SPEC 3.6
+        fluence = beam.flux * beam.exposure_s / beamsize_m / beamsize_m
     water = num(cfg.background.water_um) / 1e6
     I_bg = WATER_F * WATER_F * R_E_SQR * fluence * water * water * water * 1e6 * AVOGADRO / WATER_MW
     dmin = num(cfg.dmin_A) * 1e-10

@@ -44,7 +44,7 @@ TOL = 1e-12
 # float32). Until it does, spec-mode values are compared with the C's rounding; when it
 # lands, test_spec_mode_mosaic_angles_in_float64 XPASSes (strict): set this to False and
 # drop that test's xfail marker.
-SPEC_MOSAIC_F32 = True
+SPEC_MOSAIC_F32 = False
 
 TRI = "-cell 70 80 90 75 85 95 -misset 10 20 30 -lambda 1.0 -distance 100 -pixel 0.1".split()
 F100 = "-default_F 100 -N 3".split()
@@ -213,9 +213,8 @@ def test_compiled_equals_reference(name, mode, monkeypatch):
     assert calls, "the compiled kernel did not run"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9 item 9: spec mode still rounds the mosaic "
-                                       "angles to float32 (about 1e-10 of the image here)")
 def test_spec_mode_mosaic_angles_in_float64():
+    """Spec mode's domain angles are spread * g in the run's dtype (docs/modes.md row 13)."""
     ref = _reference("mosaic_phi", "spec", False).image
     image = simulate(config("mosaic_phi", "spec"), "spec")
     assert np.abs(image - ref).max() <= TOL * np.abs(ref).max()

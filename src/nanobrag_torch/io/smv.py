@@ -164,6 +164,15 @@ def write_smv(path, data: np.ndarray, header: list[tuple[str, object]]) -> None:
     atomic_write(path, [format_header(header), arr.astype("<u2", copy=False).tobytes(order="C")])
 
 
+def write_smv_bytes(path, header: bytes, data) -> None:
+    """Write header bytes verbatim, then data (2-D uint16 or uint32, little-endian, fast
+    index fastest): noisify's copied (-header) and 32-bit (-bits 32) images.  Atomic."""
+    arr = as_numpy(data)
+    if arr.ndim != 2 or arr.dtype not in (np.uint16, np.uint32):
+        raise ValueError(f"SMV data must be 2-D uint16 or uint32, got {arr.dtype} {arr.shape}")
+    atomic_write(path, [bytes(header), arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()])
+
+
 def _as_uint16(data) -> np.ndarray:
     arr = as_numpy(data)
     if arr.ndim != 2:

@@ -42,6 +42,8 @@ def run_case(case, tmp_path, mode):
     problems = compare_outputs(case, ref, tmp_path, mode)
     if mode == "c-parity":
         problems += compare_stats(case, out, STATS)
+        if out != (ref / "stdout.txt").read_text():
+            problems.append("console output differs from the C's")
     assert not problems, "; ".join(problems)
 
 

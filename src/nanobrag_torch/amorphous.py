@@ -35,7 +35,6 @@ import torch
 from .beam import Sources, polarization_factor
 from .detector import DetectorGeometry, pixel_position_components
 from .units import AVOGADRO, R_E_SQR
-from .vec import as_tensor
 
 # abscissa multipliers of -stol, -4stol and -Q tables (the file's unit -> stol in 1/m)
 STOL_MULT = {"-stol": 1.0e10, "-4stol": 1.0e10 / 4, "-Q": 1.0e10 / math.pi / 4}
@@ -251,8 +250,7 @@ def render_amorphous(geom: DetectorGeometry, sources: Sources, table: StolTable,
             polar = None
         else:
             polar = polarization_factor(kahn, incident, dd.expand(*st.shape, 3), axis)
-        terms = amorphous_terms(Fv.to(dtype), omega[..., None], polar,
-                                weight if weight is not None else None)
+        terms = amorphous_terms(Fv.to(dtype), omega[..., None], polar, weight)
         n = terms.shape[0]
         I = amorphous_intensity(terms.reshape(n, -1), molecules, fluence, per_pixel, sequential)
         pieces["photons"].append(I)

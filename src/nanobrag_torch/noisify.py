@@ -27,7 +27,7 @@ import torch
 
 from . import detector_response as dr
 from .cli import FILE, INT, NONNEG, NUM, POS, _choice
-from .errors import ConfigError, UsageError
+from .errors import UsageError
 from .flags import FileError, FlagError, Parser, run_main, table
 from .io import format_header, header_value, read_float_values, read_smv, write_pgm, write_smv_bytes
 from .io._common import read_bytes
@@ -44,7 +44,6 @@ FLOAT_NAME = "floatimage.bin"          # any word containing it is the input (th
 class NoisifyConfig:
     """noisify's settings in the C's units (metres; psf_fwhm metres as float32)."""
     mode: str = "spec"
-    dtype: str = "float64"
     device: str = "cpu"
     floatfile: Optional[str] = None
     header_file: Optional[str] = None
@@ -182,7 +181,6 @@ FLAGS = (
     + table("Port", [
         ("-mode", "spec|c-parity", (_choice("spec", "c-parity"),), _set("mode"),
          "spec (default) or the C bit for bit (docs/modes.md)"),
-        ("-dtype", "float64|float32", (_choice("float64", "float32"),), _set("dtype"), "precision of the stages"),
         ("-device", "cpu|cuda|auto", (_choice("cpu", "cuda", "auto", pattern=r"cuda:\d+"),), _set("device"),
          "where tensors live"),
     ])
@@ -355,7 +353,7 @@ def simulate(cfg: NoisifyConfig) -> NoisifyResult:
     say(f"maximum value in input file: {fmt_g(max_I)} ( {fmt_g(max_I * cfg.photon_scale * cfg.fluence * R_E_SQR)} "
         f"on photon scale)")
     shape = (ypixels, xpixels)
-    dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
+    dtype = torch.float64               # the stages' precision (the C's float32 where it rounds)
     device = _device(cfg)
     fw_px = fw / pixel
     psf_on = cfg.psf is not None and fw > 0.0

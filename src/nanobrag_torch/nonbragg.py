@@ -31,13 +31,13 @@ from . import amorphous as am
 from .beam import Sources, grid_sources, step_plan
 from .cli import FILE, INT, KAHN, NONNEG, NONNEG_INT, NUM, POS, POS_INT, _choice
 from .detector import DetectorGeometry, LabVectors
-from .errors import ConfigError, UsageError
-from .flags import FileError, FlagError, Parser, run_main, table
+from .errors import UsageError
+from .flags import FlagError, Parser, run_main, table
 from .io import read_smv, read_sourcefile, read_stol, write_float_image, write_pgm, write_smv
 from .io.cnum import fmt_g
 from .io.stol import write_stol_rows
 from .units import DEFAULT_FLUENCE, R_E_SQR
-from .vec import as_tensor, cross, dot, rotate_axis, rotate_xyz, unitize
+from .vec import cross, dot, rotate_axis, rotate_xyz, unitize
 
 PROG = "nonbragg-torch"
 BANNER = "nonBragg amorphous material diffraction simulator - James Holton and Ken Frankel 3-19-16"
@@ -788,10 +788,7 @@ def run(cfg: NonBraggConfig) -> int:
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
     su = setup(cfg, dtype, _device(cfg))
     g = su.geom
-    lines_setup = su.log
-    # the C prints the clipping warnings before the pivot line, the pivot before the table
-    say_all = lambda xs: [say(x) for x in xs]  # noqa: E731
-    say_all(lines_setup)
+    out.extend(su.log)          # clipping warnings, pivot, table, sources: the C's order
     S, F = g.spixels, g.fpixels
     spec = cfg.spec
     n_src = su.sources.incident.shape[0]

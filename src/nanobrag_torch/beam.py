@@ -104,18 +104,30 @@ def make_sources(cfg: SimConfig, beam_dir: torch.Tensor, polar: torch.Tensor, ve
     vn, vr, vs = step_plan(bm.vdivsteps or -1, _mrad(bm.vdivrange_mrad), _mrad(bm.vdivstep_mrad), 1.0)
     disp = bm.dispersion_pct / 100.0 if bm.dispersion_pct is not None else 0.0
     dn, dr, ds = step_plan(bm.dispsteps or -1, disp, -1.0, 1.0)
+    return grid_sources((hn, hr, hs), (vn, vr, vs), (dn, dr, ds), bm.round_div, lambda0,
+                        beam_dir, polar, vert, SOURCE_DISTANCE_M, dtype, device)
 
-    accepted = divergence_grid(hn, value(hr), value(hs), vn, value(vr), value(vs), bm.round_div)
+
+
+def grid_sources(hplan, vplan, dplan, round_div: bool, lambda0, beam_dir: torch.Tensor,
+                 polar: torch.Tensor, vert: torch.Tensor, source_distance_m, dtype, device) -> Sources:
+    """Sources of the divergence x dispersion grid (SPEC 3.3; nonBragg.c alike), ordered
+    (hdiv, vdiv, wavelength).  Plans are step_plan results (steps, range, step) in radians
+    (dispersion: fractions); positions are -source_distance_m * beam rotated about polar by
+    vdiv, then about vert by hdiv."""
+    (hn, hr, hs), (vn, vr, vs), (dn, dr, ds) = hplan, vplan, dplan
+    accepted = divergence_grid(hn, value(hr), value(hs), vn, value(vr), value(vs), round_div)
     if not accepted:
         raise ConfigError("the divergence settings leave no source inside the elliptical trim")
     ih = torch.tensor([a[0] for a in accepted], dtype=dtype, device=device)
     iv = torch.tensor([a[1] for a in accepted], dtype=dtype, device=device)
     hdiv = as_tensor(hs, dtype, device) * ih - as_tensor(hr, dtype, device) / 2.0
     vdiv = as_tensor(vs, dtype, device) * iv - as_tensor(vr, dtype, device) / 2.0
-    start = (-SOURCE_DISTANCE_M * beam_dir).expand(len(accepted), 3)
+    start = (-source_distance_m * beam_dir).expand(len(accepted), 3)
     pos = rotate_axis(rotate_axis(start, polar, vdiv), vert, hdiv)        # (d, 3)
     tics = torch.arange(dn, dtype=dtype, device=device)
-    lam = lambda0 * (1.0 + as_tensor(ds, dtype, device) * tics - as_tensor(dr, dtype, device) / 2.0)
+    lam = as_tensor(lambda0, dtype, device) * (1.0 + as_tensor(ds, dtype, device) * tics
+                                               - as_tensor(dr, dtype, device) / 2.0)
     pos = pos[:, None, :].expand(-1, dn, 3).reshape(-1, 3)
     lam = lam[None, :].expand(len(accepted), dn).reshape(-1)
     incident = -unitize(pos)[0]

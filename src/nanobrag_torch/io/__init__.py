@@ -7,18 +7,20 @@ from nanobrag_torch.io.cnum import c_atof, c_atoi
 from nanobrag_torch.io.hkl import read_fdump, read_hkl, read_hkl_with_messages, write_fdump
 from nanobrag_torch.io.matfile import read_mat
 from nanobrag_torch.io.pgm import read_pgm, write_pgm
-from nanobrag_torch.io.raw import read_float_image, write_float_image
-from nanobrag_torch.io.smv import SMVFile, header_value, read_smv, smv_header_lines, write_smv
+from nanobrag_torch.io.raw import read_float_image, read_float_values, write_float_image
+from nanobrag_torch.io.smv import (SMVFile, format_header, header_value, read_smv, smv_header_lines,
+                                   write_smv, write_smv_bytes)
 from nanobrag_torch.io.sourcefile import read_sourcefile
-from nanobrag_torch.io.stol import read_stol
+from nanobrag_torch.io.stol import read_stol, write_stol_rows
 
 __all__ = [
     "c_atof", "c_atoi",
     "read_hkl", "read_hkl_with_messages", "write_fdump", "read_fdump",
     "read_mat",
     "read_pgm", "write_pgm",
-    "read_float_image", "write_float_image",
-    "SMVFile", "header_value", "read_smv", "write_smv", "smv_header_lines",
+    "read_float_image", "read_float_values", "write_float_image",
+    "SMVFile", "header_value", "read_smv", "write_smv", "write_smv_bytes", "format_header",
+    "smv_header_lines",
     "read_sourcefile",
-    "read_stol",
+    "read_stol", "write_stol_rows",
 ]

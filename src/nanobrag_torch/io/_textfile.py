@@ -65,6 +65,11 @@ def c_row(text: str, nargs: int) -> list | None:
     return values
 
 
+# what the C makes of a comment line, per kind of table (the message of check_row)
+_COMMENT_READS = {"source file": "a source at the origin with wavelength 0",
+                  "stol table": "a point (0, 0), which repeats an abscissa and makes NaN pixels"}
+
+
 def check_row(path, lineno: int, text: str, nargs: int, what: str) -> None:
     """Strict (spec-mode) checks of one counted line: only numbers, at most nargs of them.
 
@@ -76,7 +81,7 @@ def check_row(path, lineno: int, text: str, nargs: int, what: str) -> None:
     where = f"{path} line {lineno}"
     if content.lstrip(" \t,;:!").startswith("#"):
         raise ConfigError(f"{where}: comment lines are not allowed in a {what}: the C would read "
-                          f"them as a source at the origin with wavelength 0")
+                          f"them as {_COMMENT_READS.get(what, 'a row of zeros')}")
     if not tokens:
         raise ConfigError(f"{where}: line without numbers (only delimiters or a carriage "
                           f"return): the C would read it as a row of zeros")

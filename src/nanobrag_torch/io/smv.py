@@ -62,7 +62,7 @@ def _c_int(x: float | None) -> int | None:
     return int(x)
 
 
-def read_smv(path) -> SMVFile:
+def read_smv(path, data: bool = True) -> SMVFile:
     """Read an SMV image like GetFrame (header keys via header_value).
 
     Raises ConfigError if the file is missing, does not start with
@@ -70,6 +70,7 @@ def read_smv(path) -> SMVFile:
     short for width*height uint16 values after header_bytes.
     Note: the data offset is HEADER_BYTES even when the writer's header text
     ran past it (nanoBragg's >512-byte header quirk), as in the C.
+    data=False: the header only (noisify's -header); no size check of the pixels.
     """
     raw = read_bytes(path)
     if len(raw) < SMV_HEADER_BYTES:
@@ -87,7 +88,7 @@ def read_smv(path) -> SMVFile:
     header = _c_string(raw[:header_bytes])
     width, height = _image_size(path, header)
     return SMVFile(header=header, header_bytes=header_bytes, width=width, height=height,
-                   data=_image_data(path, raw, header_bytes, width, height))
+                   data=_image_data(path, raw, header_bytes, width, height) if data else None)
 
 
 def _c_string(raw: bytes) -> str:
@@ -162,6 +163,15 @@ def write_smv(path, data: np.ndarray, header: list[tuple[str, object]]) -> None:
     arr = _as_uint16(data)
     _check_size(header, arr.shape)
     atomic_write(path, [format_header(header), arr.astype("<u2", copy=False).tobytes(order="C")])
+
+
+def write_smv_bytes(path, header: bytes, data) -> None:
+    """Write header bytes verbatim, then data (2-D uint16 or uint32, little-endian, fast
+    index fastest): noisify's copied (-header) and 32-bit (-bits 32) images.  Atomic."""
+    arr = as_numpy(data)
+    if arr.ndim != 2 or arr.dtype not in (np.uint16, np.uint32):
+        raise ValueError(f"SMV data must be 2-D uint16 or uint32, got {arr.dtype} {arr.shape}")
+    atomic_write(path, [bytes(header), arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()])
 
 
 def _as_uint16(data) -> np.ndarray:

@@ -3,13 +3,33 @@ from __future__ import annotations
 
 import numpy as np
 
+from nanobrag_torch.errors import ConfigError
+from nanobrag_torch.io._common import atomic_write
 from nanobrag_torch.io._textfile import read_text_table
 
 
-def read_stol(path) -> np.ndarray:
+def read_stol(path, strict: bool = False) -> np.ndarray:
     """(n, 2) float64 as the C's read_text_file reads it: column 0 as in the file
     (stol in 1/Angstrom, or Q; the caller applies the -4stol/-Q/1e10 factor), column 1 F.
 
     NaN where a value is missing. Empty or unreadable file: ConfigError (the C exits 9).
+    strict=True (spec mode): every line must hold exactly two numbers (no comment
+    lines, which the C reads as (0, 0) points) and the abscissae must rise
+    strictly (repeated ones make the C's interpolation divide 0 by 0).
     """
-    return read_text_table(path, 2, False, "stol table")
+    rows = read_text_table(path, 2, strict, "stol table")
+    if strict:
+        short = np.flatnonzero(np.isnan(rows[:, 1]))
+        if short.size:
+            raise ConfigError(f"{path}: row {short[0] + 1} has 1 column, a stol table needs 2 (stol F)")
+        bad = np.flatnonzero(~(np.diff(rows[:, 0]) > 0))
+        if bad.size:
+            i = int(bad[0])
+            raise ConfigError(f"{path}: the first column must rise strictly: row {i + 2} "
+                              f"({rows[i + 1, 0]:g}) follows {rows[i, 0]:g}")
+    return rows
+
+
+def write_stol_rows(path, lines) -> None:
+    """Write text lines (already formatted, without newlines) atomically (-img's output.stol)."""
+    atomic_write(path, ["".join(line + "\n" for line in lines).encode()])

@@ -10,9 +10,10 @@ from .cli import config_from_args
 from .config import (BackgroundConfig, BeamConfig, CrystalConfig, DetectorConfig, HKLData,
                      OutputConfig, SimConfig, SourceList)
 from .errors import ConfigError, UsageError
+from .io.sf import structure_factors
 from .simulator import Simulator
 
 __all__ = ["config_from_args", "Simulator", "SimConfig", "CrystalConfig", "DetectorConfig",
            "BeamConfig", "BackgroundConfig", "OutputConfig", "HKLData", "SourceList",
-           "ConfigError", "UsageError"]
+           "ConfigError", "UsageError", "structure_factors"]
 __version__ = "0.1.0"

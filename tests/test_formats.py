@@ -318,6 +318,34 @@ def test_png_preview_contrast_and_round_trip(tmp_path):
 
 # ----------------------------------------------------------------------------- the command line
 
+def test_cli_writes_cbf_nexus_png_counts_from_the_noise_draws(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = SMALL + ["-fluence", "1e31", "-seed", "7", "-adc", "40", "-osc", "1",
+                    "-cbffile", "img_00001.cbf", "-nexusfile", "img.nxs", "-pngfile", "img.png",
+                    "-png_scale", "log"]
+    from nanobrag_torch.runner import run
+    with redirect_stdout(io.StringIO()) as log:
+        assert run(config_from_args(args)) == 0
+    assert "writing img.nxs as NeXus/NXmx (photon counts with Poisson noise)" in log.getvalue()
+    from nanobrag_torch.io import read_smv
+    noise = read_smv("noiseimage.img").data.astype(np.int64)
+    counts = fabio.open("img_00001.cbf").data
+    unclipped = noise < 65535
+    assert unclipped.mean() > 0.99 and counts.max() > 100
+    assert np.array_equal(counts[unclipped], noise[unclipped] - 40)
+    with h5py.File("img.nxs") as fh:
+        import hdf5plugin  # noqa: F401
+        assert np.array_equal(fh["/entry/data/data"][0], counts)
+    assert np.asarray(Image.open("img.png")).shape == (20, 24)
+
+
+def test_photon_counts_without_noise_are_rounded_photons():
+    from nanobrag_torch.formats import photon_counts
+    cfg = config_from_args(SMALL)
+    img = np.array([[0.4, 0.6, 70000.0]], dtype=np.float32)
+    assert photon_counts(cfg, img, (0, 2, 0, 0), None).tolist() == [[0, 1, 65535]]
+
+
 @pytest.mark.parametrize("module, flag", [
     ("fabio", ["-cbffile", "x_00001.cbf"]), ("h5py", ["-nexusfile", "x.nxs"]),
     ("hdf5plugin", ["-nexusfile", "x.nxs"]), ("PIL", ["-pngfile", "x.png"]),

@@ -170,4 +170,8 @@ def run(cfg: SimConfig, out=None) -> int:
         print(f"{photons:.0f} photons on noise image ({overloads} overloads)", file=out)
         print(f"writing {o.noisefile} as 2-byte integers", file=out)
         io.write_smv(o.noisefile, np.asarray(noisy, dtype=np.uint16), header)
+    # CBF, NeXus and PNG (port-only): after the C's files, from the same image and noise seed
+    if o.cbffile is not None or o.nexusfile is not None or o.pngfile is not None:
+        from .formats import write_run_formats
+        write_run_formats(sim, img32, seed if o.write_noise else None, out)
     return 0

@@ -21,6 +21,7 @@ import nanobrag_torch as nb
 from nanobrag_torch.cli import FlagError, config_from_args, main
 from nanobrag_torch.errors import ConfigError
 from nanobrag_torch.io import cbf, experiment, nexus, png
+from nanobrag_torch.io.smv import fit_header_bytes, format_header
 
 fabio = pytest.importorskip("fabio")
 h5py = pytest.importorskip("h5py")
@@ -362,3 +363,20 @@ def test_missing_optional_dependency_is_one_clear_line(tmp_path, monkeypatch, ca
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "[formats]" in err and "is not installed" in err
     assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- SMV header (spec)
+
+def test_smv_header_has_adc_offset_in_spec_mode_only():
+    from nanobrag_torch.runner import smv_header
+    for mode in ("spec", "c-parity"):
+        cfg = config_from_args(SMALL + ["-adc", "12.5", "-mode", mode])
+        sim = nb.Simulator(cfg, mode=mode)
+        sim.run()
+        keys = dict(smv_header(sim))
+        assert keys.get("ADC_OFFSET") == (12.5 if mode == "spec" else None)
+        assert keys["HEADER_BYTES"] == 512
+    long = [("HEADER_BYTES", 512), ("PHI", "1" * 600)]
+    grown = fit_header_bytes(long)
+    assert dict(grown)["HEADER_BYTES"] == 1024 and len(format_header(grown)) == 1024
+    assert len(format_header(long)) > 512               # the C's header: no padding, says 512

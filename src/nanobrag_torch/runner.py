@@ -75,14 +75,19 @@ def pgm_image(img32: np.ndarray, roi_mask: np.ndarray, scale: float) -> np.ndarr
 
 
 def smv_header(sim: Simulator) -> list:
-    """The C's SMV header keys and values (SPEC 6.2), in order."""
+    """The C's SMV header keys and values (SPEC 6.2), in order.
+
+    Spec mode appends ADC_OFFSET (the pedestal -adc added to every pixel; dxtbx assumes
+    1 without it) and makes HEADER_BYTES cover the text (the C says 512 even when
+    its header runs longer).
+    """
     setup = sim.last_setup
     g = setup.geom
     cfg = sim.config
     f = lambda t: float(t)  # noqa: E731
     px = g.pixel_size_m
     phi0 = f(setup.phi.phi0_rad) * RTD
-    return [
+    header = [
         ("HEADER_BYTES", 512), ("DIM", 2), ("BYTE_ORDER", "little_endian"), ("TYPE", "unsigned_short"),
         ("SIZE1", g.fpixels), ("SIZE2", g.spixels), ("PIXEL_SIZE", px * 1000.0),
         ("DISTANCE", f(g.distance) * 1000.0), ("WAVELENGTH", f(cfg.beam.wavelength_A) / 1e10 * 1e10),
@@ -97,6 +102,10 @@ def smv_header(sim: Simulator) -> list:
         ("PHI", phi0), ("OSC_START", phi0), ("OSC_RANGE", f(setup.phi.osc_rad) * RTD),
         ("TWOTHETA", f(g.twotheta_rad) * RTD), ("DETECTOR_SN", "000"), ("BEAMLINE", "fake"),
     ]
+    if sim.mode == "spec":
+        from .io.smv import fit_header_bytes
+        header = fit_header_bytes(header + [("ADC_OFFSET", float(cfg.output.adc))])
+    return header
 
 
 def run(cfg: SimConfig, out=None) -> int:

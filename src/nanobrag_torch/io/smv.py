@@ -120,9 +120,16 @@ def format_header(header: list[tuple[str, object]]) -> bytes:
 
     Each (key, value) gives "KEY=value;\\n": floats as %g, ints as %d, strings
     verbatim; a tuple/list value gives comma-joined %g values and NO ';' (the
-    C's DIALS_ORIGIN line). Spaces pad the text to 512 bytes; when the text is
-    already >= 512 bytes nothing is added (the C pads only while ftell < 512).
+    C's DIALS_ORIGIN line). Spaces pad the text to HEADER_BYTES (512 when the
+    header has no such key); when the text is already that long nothing is added
+    (the C pads only while ftell < 512).
     """
+    text = _header_text(header)
+    size = next((int(v) for k, v in header if k == "HEADER_BYTES"), SMV_HEADER_BYTES)
+    return text + b" " * max(0, size - len(text))
+
+
+def _header_text(header) -> bytes:
     lines = ["{\n"]
     for key, value in header:
         if isinstance(value, (tuple, list)) or (hasattr(value, "ndim") and value.ndim == 1):
@@ -130,8 +137,18 @@ def format_header(header: list[tuple[str, object]]) -> bytes:
         else:
             lines.append(f"{key}={_fmt_value(value)};\n")
     lines.append("}\f")
-    text = "".join(lines).encode("latin-1")
-    return text + b" " * max(0, SMV_HEADER_BYTES - len(text))
+    return "".join(lines).encode("latin-1")
+
+
+def fit_header_bytes(header: list[tuple[str, object]]) -> list[tuple[str, object]]:
+    """The header with HEADER_BYTES raised to the smallest multiple of 512 that holds its text.
+
+    The C always says 512, also when its text runs past it (readers then take header
+    text for pixels); spec mode writes a HEADER_BYTES that covers the header.
+    """
+    length = len(_header_text(header))
+    size = SMV_HEADER_BYTES * max(1, -(-length // SMV_HEADER_BYTES))
+    return [(k, size if k == "HEADER_BYTES" else v) for k, v in header]
 
 
 def _fmt_value(value) -> str:

@@ -913,14 +913,14 @@ def _read_structure_factors(st, flag_file, strict):
 def _model_dmin(st, path) -> float:
     """The resolution F from a model must reach: the detector's edge plus a spot width."""
     from .io.model import model_cell
-    from .resolution import model_dmin_A
+    from .resolution import detector_dmin_A, plus_spot_width
     cfg = st.cfg
-    from .resolution import detector_dmin_A
     cell = cfg.crystal.cell if cfg.crystal.cell is not None else _read_file(
         "-model", path, model_cell)
-    dmin = model_dmin_A(cfg, cell, cfg.mode)
-    cfg.notes.append(f"-model: the detector reaches d = {detector_dmin_A(cfg, cfg.mode):.4g} A; "
-                     f"F to {dmin:.4g} A (one spot width further; -dmin sets it)")
+    edge = detector_dmin_A(cfg, cfg.mode)
+    dmin = plus_spot_width(edge, cell, cfg.crystal.n_cells)
+    cfg.notes.append(f"-model: the detector reaches d = {edge:.4g} A; F to {dmin:.4g} A "
+                     f"(one spot width further; -dmin sets it)")
     return dmin
 
 

@@ -3,7 +3,7 @@
 d_min = 1 / max |s| over the detector, s = (unit(P) - i) / lambda for pixel points P
 and every incident direction i and wavelength lambda of the beam (divergence,
 dispersion, -sourcefile). A spot centred just beyond the edge still lights the
-edge pixels, so `model_dmin_A` extends |s| by one spot width 1/(N a) of the
+edge pixels, so `plus_spot_width` extends |s| by one spot width 1/(N a) of the
 broadest lattice direction (at most doubling it).
 """
 from __future__ import annotations
@@ -24,7 +24,8 @@ def detector_dmin_A(cfg: SimConfig, mode: str = "spec") -> float:
     with torch.no_grad():
         geom = detector_geometry(cfg, mode, torch.float64, "cpu")
         vec = geom.vectors
-        sources = beam_mod.make_sources(cfg, vec.beam, vec.polar, vec.vert, mode, torch.float64, "cpu")
+        sources = beam_mod.make_sources(cfg, vec.beam, vec.polar, vec.vert, mode,
+                                        torch.float64, "cpu")
         px = geom.pixel_size_m
         f = torch.linspace(0.0, geom.fpixels * px, _EDGE_POINTS, dtype=torch.float64)
         s = torch.linspace(0.0, geom.spixels * px, _EDGE_POINTS, dtype=torch.float64)
@@ -39,10 +40,9 @@ def detector_dmin_A(cfg: SimConfig, mode: str = "spec") -> float:
     return math.inf if s_max <= 0 else 1.0 / s_max
 
 
-def model_dmin_A(cfg: SimConfig, cell, mode: str = "spec") -> float:
-    """detector_dmin_A extended by one spot width (see the module note)."""
-    s_edge = 1.0 / detector_dmin_A(cfg, mode)
-    lengths = [float(x) for x in cell[:3]]
-    n = [max(1.0, float(x)) for x in cfg.crystal.n_cells]
-    width = 1.0 / min(a * k for a, k in zip(lengths, n))
+def plus_spot_width(dmin_A: float, cell, n_cells) -> float:
+    """dmin_A extended by one spot width 1/(N a) of the broadest lattice direction (at most
+    doubling |s|): cell a b c (A) ..., n_cells (3,) as parsed (values below 1 count as 1)."""
+    s_edge = 1.0 / dmin_A
+    width = 1.0 / min(float(a) * max(1.0, float(n)) for a, n in zip(cell[:3], n_cells))
     return 1.0 / (s_edge + min(width, s_edge))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import os
 from typing import Optional
 
 import numpy as np
@@ -35,7 +36,6 @@ from nanobrag_torch.io._common import atomic_path
 from nanobrag_torch.io._optional import require
 from nanobrag_torch.io.experiment import Experiment, lab_to_mcstas
 
-ENTRY = "/entry"
 DETECTOR = "/entry/instrument/detector"
 NOT_SIMULATED = 1 << 8          # NXmx pixel_mask bit 8: user-defined mask
 NOMINAL_THICKNESS_M = 1e-9      # written for an ideal (0 m) sensor: DIALS requires > 0
@@ -92,7 +92,7 @@ def _root(fh, path, now):
     from nanobrag_torch import __version__
     fh.attrs["NX_class"] = "NXroot"
     fh.attrs["default"] = "entry"
-    fh.attrs["file_name"] = str(path).rsplit("/", 1)[-1]
+    fh.attrs["file_name"] = os.path.basename(os.fspath(path))
     fh.attrs["file_time"] = now
     fh.attrs["creator"] = f"nanobrag-torch {__version__}"
     fh.attrs["HDF5_Version"] = h5py.version.hdf5_version

@@ -13,15 +13,19 @@ from .config import (BackgroundConfig, BeamConfig, CrystalConfig, DetectorConfig
 from .errors import (ConfigConflictError, ConfigError, ConfigTypeError, ConfigValueError,
                      UsageError)
 from .image import Image, Stats
+from .io.sf import structure_factors
 from .modes import C_PARITY, SPEC, Mode
 from .simulator import Simulator, SuspiciousValueWarning, simulate
 from .validate import validate
-from .writers import (noise_counts, write_float, write_noise, write_pgm, write_smv)
+from . import writers
+from .writers import (noise_counts, write_cbf, write_float, write_nexus, write_noise, write_pgm,
+                      write_png, write_smv)
 
 __all__ = ["config_from_args", "simulate", "Simulator", "Image", "Stats", "SimConfig",
            "CrystalConfig", "DetectorConfig", "BeamConfig", "BackgroundConfig", "OutputConfig",
            "HKLData", "SourceList", "to_dict", "from_dict", "validate", "Mode", "SPEC",
-           "C_PARITY", "write_float", "write_smv", "write_pgm", "write_noise", "noise_counts",
+           "C_PARITY", "write_float", "write_smv", "write_pgm", "write_noise", "noise_counts", "write_cbf",
+           "write_nexus", "write_png",
            "ConfigError", "ConfigValueError", "ConfigTypeError", "ConfigConflictError",
-           "UsageError", "SuspiciousValueWarning"]
+           "UsageError", "SuspiciousValueWarning", "structure_factors"]
 __version__ = "0.1.0"

@@ -104,6 +104,12 @@ def FILE(flag: str, text: str) -> str:
     return text
 
 
+def LABEL(flag: str, text: str) -> str:
+    if not text.strip():
+        raise FlagError(f"{flag}: expected a column label, got {text!r}")
+    return text
+
+
 def _choice(*allowed: str, pattern: Optional[str] = None):
     def conv(flag: str, text: str) -> str:
         low = text.lower()
@@ -434,7 +440,14 @@ C, D, B, S, O = "crystal.", "detector.", "beam.", "sim.", "output."
 FLAGS: List[Flag] = (
     _g("Crystal and structure factors", [
         ("-hkl", "FILE", (FILE,), _remember("hkl", "crystal.hkl"),
-         "h k l F text file (P1); without it Fdump.bin is read if present"),
+         "h k l F text file (P1), or MTZ / mmCIF structure factors (expanded to P1, "
+         "cell from the file); without it Fdump.bin is read if present"),
+        ("-mtz_column", "LABEL", (LABEL,), _set(C + "mtz_column"),
+         "MTZ column (or mmCIF _refln tag) holding F or I (default: F, FP, FOBS, ..., "
+         "else F(+)/F(-), else sqrt of I, IMEAN, ...)"),
+        ("-model", "FILE", (FILE,), _remember("model", "crystal.hkl"),
+         "atomic model (PDB/mmCIF): F computed by gemmi to the detector's edge or -dmin, "
+         "expanded to P1; cell from the model"),
         ("-dump", "FILE", (FILE,), _all(_set(C + "dump_file"), _remember("dump")),
          "structure-factor cache file (default Fdump.bin)"),
         ("-default_F", "F", (NUM,), _set(C + "default_F"),
@@ -621,6 +634,14 @@ FLAGS: List[Flag] = (
          "8-bit PGM image (default image.pgm)"),
         ("-nonoise", "", (), _const(O + "write_noise", False), "do not write the noise image"),
         ("-nopgm", "", (), _const(O + "write_pgm", False), "do not write the PGM image"),
+        ("-cbffile", "FILE", (FILE,), _set(O + "cbffile"),
+         "miniCBF image of photon counts for DIALS (detector facing the beam; "
+         "name it like image_00001.cbf)"),
+        ("-nexusfile", "FILE", (FILE,), _set(O + "nexusfile"),
+         "NeXus/NXmx image of photon counts with the full geometry (any detector)"),
+        ("-pngfile", "FILE", (FILE,), _set(O + "pngfile"), "PNG preview (inverted grey scale)"),
+        ("-png_scale", "linear|log", (_choice("linear", "log"),), _set(O + "png_scale"),
+         "PNG contrast: linear, clipped at the 99.9th percentile (default), or log"),
         ("-scale", "X", (NUM,), _set(O + "scale"), "scale of the int image (<= 0: 55000/max)"),
         ("-pgmscale", "X", (NUM,), _all(_set(O + "pgmscale"), _const(O + "write_pgm", True)),
          "scale of the PGM image (<= 0: auto)"),
@@ -737,6 +758,7 @@ class _State:
         self.c_twotheta = float(self.cfg.detector.twotheta_deg)
         self.c_misset = None
         self.hkl = self.mat = self.sourcefile = self.stol = self.dump = None   # (flag, file[, mult])
+        self.model = None
         self.implicit_dump = False
         self.mask_file = None
         self.flag = ""
@@ -776,6 +798,7 @@ def config_from_args(argv: Sequence[str], *, implicit_dump: bool = False) -> Sim
     _check_usage(st)
     _read_inputs(st)
     _validated(st, uses)
+    _check_outputs(st)
     cfg.argv = list(argv)
     return cfg
 
@@ -834,10 +857,19 @@ def _dump_available(st) -> bool:
 
 def _check_usage(st):
     cr = st.cfg.crystal
-    if st.hkl is None and not _dump_available(st) and cr.default_F == 0:
+    if st.hkl is None and st.model is None and not _dump_available(st) and cr.default_F == 0:
         raise UsageError("ERROR: no hkl file and no dump file to read.")
-    if st.mat is None and not st.cell_given:
+    if st.mat is None and not st.cell_given and not _cell_in_file(st):
         raise UsageError("ERROR: no crystal: give -cell a b c alpha beta gamma or -mat FILE.")
+
+
+def _cell_in_file(st) -> bool:
+    """MTZ / mmCIF structure factors (-hkl) and atomic models (-model) carry the cell."""
+    from .io.sf import file_kind
+    if st.model is not None:
+        return True
+    # (a model given to -hkl counts too: reading it then says to use -model)
+    return st.hkl is not None and file_kind(st.hkl[1]) != "text"
 
 
 def _read_inputs(st):
@@ -847,11 +879,13 @@ def _read_inputs(st):
     if st.mat is not None:
         cr.mat_file = st.mat[1]
         inputs.read_matrix(cfg, st.mat[0])
-    if st.hkl is not None:
-        cr.hkl_file = st.hkl[1]
-    cfg.notes.extend(inputs.read_structure_factors(
-        cfg, mode, implicit_dump=st.implicit_dump, dump_named=st.dump is not None and
-        os.path.exists(cr.dump_file), flag=st.hkl[0] if st.hkl else "-hkl"))
+    if st.hkl is not None and st.model is not None:
+        raise FlagError("-hkl and -model both give structure factors: use one of them")
+    if st.hkl is not None or st.model is not None:
+        _read_structure_factors(st, st.hkl or st.model, mode)
+    else:
+        inputs.read_structure_factors(cfg, mode, implicit_dump=st.implicit_dump,
+                                      dump_named=st.dump is not None and os.path.exists(cr.dump_file))
     if st.sourcefile is not None:
         cfg.beam.source_file = st.sourcefile[1]
         inputs.read_sources(cfg, mode, st.sourcefile[0])
@@ -860,6 +894,106 @@ def _read_inputs(st):
         cfg.background.stol_file = path
         inputs.read_stol(cfg, flag)
         cfg.background.stol_mult = mult
+
+
+def _read_structure_factors(st, flag_file, mode):
+    """-hkl (text, MTZ, mmCIF) or -model: the P1 grid, its messages, the cell when not given."""
+    from .io.sf import file_kind, read_structure_factors
+    cfg, cr = st.cfg, st.cfg.crystal
+    flag, path = flag_file
+    kind = file_kind(path)
+    if flag == "-hkl" and kind in ("pdb", "cif-model"):
+        raise FileError(f"-hkl {path}: an atomic model, not structure factors: "
+                        f"use -model {path}")
+    if flag == "-model" and kind not in ("pdb", "cif-model"):
+        raise FileError(f"-model {path}: not a PDB or mmCIF atomic model"
+                        + (": use -hkl for structure factors" if kind in ("mtz", "cif-sf")
+                           else ""))
+    if cr.mtz_column is not None and kind not in ("mtz", "cif-sf"):
+        raise FlagError(f"-mtz_column {cr.mtz_column}: {path} is not an MTZ or mmCIF "
+                        f"structure-factor file")
+    dmin = None
+    if flag == "-model":
+        dmin = float(cfg.dmin_A) if float(cfg.dmin_A) > 0 else _model_dmin(st, path)
+    cr.hkl_file = path
+    if flag == "-model":
+        cr.model_file = path
+    cr.hkl, messages = inputs.read_file(flag, path, read_structure_factors, column=cr.mtz_column,
+                                        default_F=cr.default_F, dmin_A=dmin,
+                                        strict=mode.strict_hkl_lines, kind=kind)
+    cfg.notes.extend(messages)
+    _cell_from_file(st, path, cr.hkl.cell)
+
+
+def _model_dmin(st, path) -> float:
+    """The resolution F from a model must reach: the detector's edge plus a spot width."""
+    from .io.model import model_cell
+    from .resolution import detector_dmin_A, plus_spot_width
+    cfg = st.cfg
+    cell = cfg.crystal.cell if cfg.crystal.cell is not None else inputs.read_file(
+        "-model", path, model_cell)
+    edge = detector_dmin_A(cfg, cfg.mode)
+    dmin = plus_spot_width(edge, cell, cfg.crystal.n_cells)
+    cfg.notes.append(f"-model: the detector reaches d = {edge:.4g} A; F to {dmin:.4g} A "
+                     f"(one spot width further; -dmin sets it)")
+    return dmin
+
+
+def _cell_from_file(st, path, file_cell):
+    """The file's cell when neither -cell nor -mat gave one; a warning when they disagree."""
+    from .io.sf import cell_mismatch, cell_text
+    cfg, cr = st.cfg, st.cfg.crystal
+    if file_cell is None:
+        return
+    if cr.cell is None and cr.mat is None:
+        cr.cell = [float(x) for x in file_cell]
+        cfg.notes.append(f"cell from {path}: {cell_text(file_cell)}")
+        return
+    if cr.cell is not None:
+        given, src = [float(x) for x in cr.cell], "-cell"
+    else:
+        given, src = _mat_cell(cr.mat, float(cfg.beam.wavelength_A)), f"-mat {cr.mat_file}"
+    if cell_mismatch(given, file_cell):
+        cfg.notes.append(f"WARNING: the cell of {src} ({cell_text(given)}) differs from the "
+                         f"cell in {path} ({cell_text(file_cell)}) by more than 1 %; "
+                         f"using {src.split()[0]}")
+
+
+def _mat_cell(mat, wavelength_A) -> list:
+    """a b c alpha beta gamma of a MOSFLM matrix (columns a*, b*, c* times lambda)."""
+    import numpy as np
+    real = np.linalg.inv(np.asarray(mat, dtype=np.float64) / wavelength_A).T   # columns a, b, c
+    a, b, c = real[:, 0], real[:, 1], real[:, 2]
+    angle = lambda u, v: math.degrees(math.acos(float(u @ v) / float(  # noqa: E731
+        np.linalg.norm(u) * np.linalg.norm(v))))
+    return [float(np.linalg.norm(a)), float(np.linalg.norm(b)), float(np.linalg.norm(c)),
+            angle(b, c), angle(a, c), angle(a, b)]
+
+
+def _check_outputs(st):
+    """Optional packages and geometry limits of the requested image formats, before any run."""
+    from .io._optional import require
+    cfg, o = st.cfg, st.cfg.output
+    if o.cbffile is not None:
+        require("fabio.cbfimage")
+        from .io.cbf import geometry_problem
+        from .io.experiment import from_config
+        problem = geometry_problem(from_config(cfg))
+        if problem is not None:
+            raise FlagError(f"-cbffile {o.cbffile}: miniCBF cannot describe this detector: "
+                            f"{problem}; write NeXus instead (-nexusfile NAME.nxs), which "
+                            f"records any geometry")
+        if not re.search(r"\d\.cbf$", o.cbffile, re.IGNORECASE):
+            cfg.notes.append(f"note: DIALS finds miniCBF images by a numbered name "
+                             f"(image_00001.cbf); {o.cbffile} has no number")
+    if o.nexusfile is not None:
+        require("h5py")
+        require("hdf5plugin")
+        if cfg.detector.curved:
+            raise FlagError(f"-nexusfile {o.nexusfile}: NeXus cannot describe a curved "
+                            f"detector (-curved_det)")
+    if o.pngfile is not None:
+        require("PIL.Image")
 
 
 def _mm_for_metres(x_m: float) -> float:

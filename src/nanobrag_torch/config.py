@@ -53,6 +53,8 @@ class HKLData:
     l_max: int
     hkls: int
     source: str = ""           # file it came from (HKL text or Fdump.bin)
+    cell: Optional[tuple] = None   # (6,) a b c (A) alpha beta gamma (deg) when the file has one
+    spacegroup: str = ""       # the file's space group (F is expanded to P1 in the grid)
 
 
 @dataclass
@@ -94,6 +96,8 @@ class CrystalConfig:
     default_F: Value = 0.0
     hkl: Optional[HKLData] = None      # from -hkl, or Fdump.bin when -hkl is absent
     hkl_file: Optional[str] = None     # the -hkl file (Fdump.bin is written after reading it)
+    mtz_column: Optional[str] = None   # -mtz_column: MTZ label / mmCIF _refln tag; None: default choice
+    model_file: Optional[str] = None   # -model: atomic model F were computed from
     dump_file: str = "Fdump.bin"
     interpolate: Optional[bool] = None  # None: auto (on iff any N <= 2)
 
@@ -206,6 +210,10 @@ class OutputConfig:
     printout_pixel: Optional[tuple] = None   # (f, s)
     progress: bool = True
     trace_pixel: Optional[tuple] = None      # (s, f), port-only
+    cbffile: Optional[str] = None      # -cbffile: miniCBF of photon counts (io.cbf)
+    nexusfile: Optional[str] = None    # -nexusfile: NeXus/NXmx of photon counts (io.nexus)
+    pngfile: Optional[str] = None      # -pngfile: PNG preview (io.png)
+    png_scale: str = "linear"          # -png_scale linear | log
 
 
 @dataclass

@@ -84,7 +84,10 @@ def for_mode(cfg: SimConfig, mode) -> SimConfig:
                    or read_as.fdump_exact_separator != mode.fdump_exact_separator)
     sources_differ = read_as.strict_source_file != mode.strict_source_file
     hkl_from_file = cfg.crystal.hkl is not None and cfg.crystal.hkl.source in (
-        cfg.crystal.hkl_file, cfg.crystal.dump_file)
+        cfg.crystal.hkl_file, cfg.crystal.dump_file) and cfg.crystal.model_file is None
+    if hkl_from_file and cfg.crystal.hkl_file is not None:
+        from .io.sf import file_kind          # (MTZ and mmCIF are read the same in both modes)
+        hkl_from_file = file_kind(cfg.crystal.hkl_file) == "text"
     reread_hkl = hkl_differs and hkl_from_file
     reread_sources = sources_differ and cfg.beam.source_file is not None
     if not (reread_hkl or reread_sources):

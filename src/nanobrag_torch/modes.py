@@ -30,6 +30,7 @@ class Mode:
     torch_noise: bool               # noise image from torch's Poisson generator (not the C's stream)
     reduced_lattice_form: bool      # sin(N pi (h-h0)) / sin(pi (h-h0)) (not the C's sin(N pi h) / sin(pi h))
     smooth_mosaic_angles: bool      # domain angles in the run's dtype (the C rounds them to float32)
+    smv_adc_offset: bool            # SMV headers carry ADC_OFFSET and a HEADER_BYTES that holds them
 
     @property
     def c_parity(self) -> bool:
@@ -57,6 +58,7 @@ ROWS = {
     11: "torch_noise",
     12: "reduced_lattice_form",
     13: "smooth_mosaic_angles",
+    14: "smv_adc_offset",
 }
 
 

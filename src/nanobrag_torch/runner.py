@@ -67,9 +67,21 @@ def run(cfg: SimConfig, out=None) -> int:
         print(f"pgm_scale = {writers.pgm_scale(image):g}", file=out)
         print(f"writing {o.pgmfile} as 1-byte integers", file=out)
         writers.write_pgm(o.pgmfile, image)
+    noise = None
     if o.write_noise:
         noise = writers.noise_counts(image)
         print(f"{noise.photons:.0f} photons on noise image ({noise.overloads} overloads)", file=out)
         print(f"writing {o.noisefile} as 2-byte integers", file=out)
         writers.write_noise(o.noisefile, image, noise=noise)
+    # CBF, NeXus and PNG (port-only): after the C's files, from the same image and noise
+    what = "photon counts with Poisson noise" if noise is not None else "photon counts (no noise)"
+    if o.cbffile is not None:
+        print(f"writing {o.cbffile} as miniCBF ({what})", file=out)
+        writers.write_cbf(o.cbffile, image, noise=noise)
+    if o.nexusfile is not None:
+        print(f"writing {o.nexusfile} as NeXus/NXmx ({what})", file=out)
+        writers.write_nexus(o.nexusfile, image, noise=noise)
+    if o.pngfile is not None:
+        print(f"writing {o.pngfile} as PNG preview ({o.png_scale} scale)", file=out)
+        writers.write_png(o.pngfile, image)
     return 0

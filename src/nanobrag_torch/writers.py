@@ -5,6 +5,9 @@
     scale = write_smv("image.img", image)      # SMV counts, as -intfile (returns the scale used)
     write_pgm("image.pgm", image)              # 8-bit preview, as -pgmfile
     noise = write_noise("noise.img", image, seed=1)   # Poisson noise, as -noisefile
+    write_cbf("image_00001.cbf", image, noise=noise)   # miniCBF, as -cbffile (DIALS reads it)
+    write_nexus("image.nxs", image, noise=noise)       # NeXus/NXmx, as -nexusfile
+    write_png("image.png", image)                      # a preview, as -pngfile
 
 Scales, offsets and seeds default to the config's (-scale, -pgmscale, -adc, -seed),
 with the C's automatic choices (SPEC 6.2). Every file is written whole or not at all.
@@ -19,6 +22,7 @@ import torch
 
 from . import io
 from .image import Image
+from .io.smv import fit_header_bytes
 from .modes import get_mode
 from .units import RTD
 
@@ -46,13 +50,18 @@ def int_counts(image: Image, scale: float, adc: float) -> np.ndarray:
 
 
 def smv_header(image: Image) -> list:
-    """The C's SMV header keys and values (SPEC 6.2), in order."""
+    """The C's SMV header keys and values (SPEC 6.2), in order.
+
+    Spec mode appends ADC_OFFSET (the pedestal -adc added to every pixel; dxtbx assumes
+    1 without it) and keeps the text within HEADER_BYTES (the C says 512 even when its
+    text runs longer).
+    """
     setup = image.setup
     g = setup.geom
     f = float
     px = g.pixel_size_m
     phi0 = f(setup.phi.phi0_rad) * RTD
-    return [
+    header = [
         ("HEADER_BYTES", 512), ("DIM", 2), ("BYTE_ORDER", "little_endian"), ("TYPE", "unsigned_short"),
         ("SIZE1", g.fpixels), ("SIZE2", g.spixels), ("PIXEL_SIZE", px * 1000.0),
         ("DISTANCE", f(g.distance) * 1000.0),
@@ -68,6 +77,9 @@ def smv_header(image: Image) -> list:
         ("PHI", phi0), ("OSC_START", phi0), ("OSC_RANGE", f(setup.phi.osc_rad) * RTD),
         ("TWOTHETA", f(g.twotheta_rad) * RTD), ("DETECTOR_SN", "000"), ("BEAMLINE", "fake"),
     ]
+    if get_mode(image.mode).smv_adc_offset:
+        header = fit_header_bytes(header + [("ADC_OFFSET", float(image.config.output.adc))])
+    return header
 
 
 def write_smv(path, image: Image, *, scale: float | None = None, adc: float | None = None) -> float:
@@ -129,3 +141,45 @@ def write_noise(path, image: Image, *, seed: int | None = None, adc: float | Non
     noise = noise if noise is not None else noise_counts(image, seed=seed, adc=adc)
     io.write_smv(path, noise.counts, smv_header(image))
     return noise
+
+
+# ----------------------------------------------------------- crystallographic formats
+def experiment(image: Image):
+    """The image's io.experiment.Experiment: the geometry the kernel used, for CBF/NeXus."""
+    from .io.experiment import from_image
+    return from_image(image)
+
+
+def detector_counts(image: Image, noise: Noise | None = None) -> np.ndarray:
+    """What CBF and NeXus hold: detector counts as a processing program expects them.
+
+    With a noise image: its Poisson photons without the ADC offset (saturated pixels read
+    65535); without: the noiseless photons rounded to whole counts. int32 (S, F), 0
+    outside the ROI.
+    """
+    if noise is None:
+        counts = np.clip(np.rint(image.float32.astype(np.float64)), 0, 65535)
+        return np.where(image.roi_mask, counts, 0).astype(np.int32)
+    adc = np.trunc(float(image.config.output.adc))
+    counts = noise.counts.astype(np.int64)
+    photons = np.where(counts >= 65535, 65535, np.clip(counts - adc, 0, 65535))
+    return np.where(image.roi_mask, photons, 0).astype(np.int32)
+
+
+def write_cbf(path, image: Image, *, noise: Noise | None = None) -> None:
+    """miniCBF (byte offset, GENERIC_MINI header, through fabio); -cbffile."""
+    from .io.cbf import write_cbf as write
+    write(path, detector_counts(image, noise), experiment(image))
+
+
+def write_nexus(path, image: Image, *, noise: Noise | None = None) -> None:
+    """NeXus/NXmx HDF5 (h5py, Bitshuffle/LZ4) with the full geometry; -nexusfile."""
+    from .io.nexus import write_nexus as write
+    write(path, detector_counts(image, noise), experiment(image))
+
+
+def write_png(path, image: Image, *, scale: str | None = None) -> None:
+    """An 8-bit inverted grey-scale preview (Pillow); -pngfile, -png_scale linear|log."""
+    from .io.png import write_png as write
+    exp = experiment(image)
+    write(path, image.float32, scale=scale or image.config.output.png_scale, mask=exp.mask)

@@ -1,8 +1,10 @@
 """Shared helpers for the file readers/writers: reading, atomic writing, messages."""
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import tempfile
 from typing import Iterable
 
 import numpy as np
@@ -67,3 +69,32 @@ def as_numpy(x) -> np.ndarray:
     if hasattr(x, "detach"):
         x = x.detach().cpu().numpy()
     return np.asarray(x)
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """A temporary path to write path's file at (by any library), renamed to path on success.
+
+    The file is made under a hidden folder next to path with path's own base name
+    (writers that record the file name, such as CBF's data block, see the real
+    one), created by the library itself (so with the usual permissions); on an
+    error nothing appears at path and an older file there stays.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(path) or "."
+    try:
+        tmpdir = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot write file ({exc.strerror or exc})") from None
+    tmp = os.path.join(tmpdir, os.path.basename(path))
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot write file ({exc.strerror or exc})") from None
+    finally:
+        _unlink_quietly(tmp)
+        try:
+            os.rmdir(tmpdir)
+        except OSError:
+            pass

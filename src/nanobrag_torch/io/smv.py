@@ -121,9 +121,16 @@ def format_header(header: list[tuple[str, object]]) -> bytes:
 
     Each (key, value) gives "KEY=value;\\n": floats as %g, ints as %d, strings
     verbatim; a tuple/list value gives comma-joined %g values and NO ';' (the
-    C's DIALS_ORIGIN line). Spaces pad the text to 512 bytes; when the text is
-    already >= 512 bytes nothing is added (the C pads only while ftell < 512).
+    C's DIALS_ORIGIN line). Spaces pad the text to HEADER_BYTES (512 when the
+    header has no such key); when the text is already that long nothing is added
+    (the C pads only while ftell < 512).
     """
+    text = _header_text(header)
+    size = next((int(v) for k, v in header if k == "HEADER_BYTES"), SMV_HEADER_BYTES)
+    return text + b" " * max(0, size - len(text))
+
+
+def _header_text(header) -> bytes:
     lines = ["{\n"]
     for key, value in header:
         if isinstance(value, (tuple, list)) or (hasattr(value, "ndim") and value.ndim == 1):
@@ -131,8 +138,31 @@ def format_header(header: list[tuple[str, object]]) -> bytes:
         else:
             lines.append(f"{key}={_fmt_value(value)};\n")
     lines.append("}\f")
-    text = "".join(lines).encode("latin-1")
-    return text + b" " * max(0, SMV_HEADER_BYTES - len(text))
+    return "".join(lines).encode("latin-1")
+
+
+def fit_header_bytes(header: list[tuple[str, object]]) -> list[tuple[str, object]]:
+    """The header with a HEADER_BYTES that holds its text.
+
+    The C always says 512, also when its text runs past it (readers then take header
+    text for pixels). Here a text longer than 512 bytes first has its non-integer
+    numbers rounded to 5 significant digits (1e-5 relative, far below what the header
+    values are used for), which keeps the 512 every SMV reader expects; only if that
+    is still too long does HEADER_BYTES grow to the next multiple of 512.
+    """
+    if len(_header_text(header)) > SMV_HEADER_BYTES:
+        header = [(k, _shorter(v)) for k, v in header]
+    length = len(_header_text(header))
+    size = SMV_HEADER_BYTES * max(1, -(-length // SMV_HEADER_BYTES))
+    return [(k, size if k == "HEADER_BYTES" else v) for k, v in header]
+
+
+def _shorter(value):
+    if isinstance(value, (tuple, list)):
+        return type(value)(_shorter(v) for v in value)
+    if isinstance(value, float) and math.isfinite(value) and value != int(value):
+        return float(f"{value:.5g}")
+    return value
 
 
 def _fmt_value(value) -> str:

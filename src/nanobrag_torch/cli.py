@@ -518,6 +518,8 @@ FLAGS: List[Flag] = (
          "render only these pixels (inclusive; fast, then slow)"),
         ("-img", "FILE", (FILE,), _nothing, "take detector and beam values from an SMV header"),
         ("-mask", "FILE", (FILE,), _nothing, "SMV image: pixels that are 0 are not rendered"),
+        ("-detector_json", "FILE", (FILE,), _set(D + "layout_file"),
+         "detector layout file (docs/detectors.md); flags override its values"),
     ])
     + _g("Beam", [
         ("-lambda -wave", "A", (POS,), _set(B + "wavelength_A"), "wavelength (Angstrom, default 1)"),
@@ -610,6 +612,10 @@ FLAGS: List[Flag] = (
         ("-pixel_batch_size", "N", (POS_INT,), _set(S + "pixel_batch_size"),
          "pixels per batch (bounds memory)"),
         ("-debug", "", (), _nothing, "show Python tracebacks", dict(hidden=True)),
+        ("-expt", "FILE", (FILE,), _set(S + "expt_file"),
+         "DIALS experiment list: beam, detector, crystal, spindle, scan; flags override it"),
+        ("-expt_image", "K", (POS_INT,), _set(S + "expt_image"),
+         "simulate image K of the -expt scan (default: its first)"),
     ])
     + _g("Not supported", [
         ("-dispstep", "", (), _nothing, "", dict(hidden=True, reader=_example_only(
@@ -799,7 +805,7 @@ def _check_usage(st):
     cr = st.cfg.crystal
     if st.hkl is None and not os.path.exists(cr.dump_file) and cr.default_F == 0:
         raise UsageError("ERROR: no hkl file and no dump file to read.")
-    if st.mat is None and not st.cell_given:
+    if st.mat is None and not st.cell_given and st.cfg.expt_file is None:
         raise UsageError("ERROR: no crystal: give -cell a b c alpha beta gamma or -mat FILE.")
 
 
@@ -821,6 +827,9 @@ def _read_file(flag, path, reader, *args, **kw):
 def _read_inputs(st):
     cfg, cr = st.cfg, st.cfg.crystal
     strict = cfg.mode == "spec"
+    if cfg.expt_file is not None or cfg.expt_image is not None or cfg.detector.layout_file is not None:
+        from .experiment import apply_cli
+        apply_cli(st)      # -expt / -detector_json (flags given override the files)
     if st.mat is not None:
         from .io.matfile import read_mat
         cr.mat_file = st.mat[1]

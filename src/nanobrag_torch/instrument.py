@@ -156,9 +156,8 @@ class Panel:
         where = f"panel {self.name!r}"
         fast = _unit_checked(self.fast, f"{where} fast axis")
         slow = _unit_checked(self.slow, f"{where} slow axis")
-        if abs(dot(fast, slow)) > 1e-6:
-            raise ConfigError(f"{where}: fast and slow axes are not perpendicular "
-                              f"(cos = {dot(fast, slow):.3g})")
+        if norm(cross(fast, slow)) < 1e-9:
+            raise ConfigError(f"{where}: fast and slow axes are parallel")
         normal = (unit(cross(fast, slow)) if self.normal is None
                   else _unit_checked(self.normal, f"{where} normal"))
         try:

@@ -4,6 +4,8 @@ Readers raise ConfigError with a one-line message naming the file; writers
 write atomically (a temporary file in the same folder, then os.replace).
 """
 from nanobrag_torch.io.cnum import c_atof, c_atoi
+from nanobrag_torch.io.detector_json import read_detector_json, write_detector_json
+from nanobrag_torch.io.expt import read_experiments, read_expt, write_expt
 from nanobrag_torch.io.hkl import read_fdump, read_hkl, read_hkl_with_messages, write_fdump
 from nanobrag_torch.io.matfile import read_mat
 from nanobrag_torch.io.pgm import read_pgm, write_pgm
@@ -21,4 +23,6 @@ __all__ = [
     "SMVFile", "header_value", "read_smv", "write_smv", "smv_header_lines",
     "read_sourcefile",
     "read_stol",
+    "read_expt", "read_experiments", "write_expt",
+    "read_detector_json", "write_detector_json",
 ]

@@ -437,7 +437,7 @@ def _read_crystal(doc, c, where, setting) -> Crystal:
         doc.fail(f"{where}.__id__", f"expected a crystal model, got {_show(kind)}")
     vecs = [doc.vec(doc.get(c, k, where), f"{where}.{k}")
             for k in ("real_space_a", "real_space_b", "real_space_c")]
-    if abs(_det(vecs[0] + vecs[1] + vecs[2])) < 1e-12:
+    if abs(_det(vecs[0] + vecs[1] + vecs[2])) <= 1e-9 * _length(vecs[0]) * _length(vecs[1]) * _length(vecs[2]):
         doc.fail(where, "the real-space vectors are coplanar")
     try:
         A = dxtbx_crystal(*vecs)["A"]

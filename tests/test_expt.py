@@ -3,8 +3,8 @@ io/detector_json.py, experiment.py) against dxtbx's own numbers and nanoBragg.c'
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
-import math
 import os
 from pathlib import Path
 
@@ -17,7 +17,7 @@ from nanobrag_torch.cli import config_from_args, main
 from nanobrag_torch.detector import detector_geometry, lab_vectors
 from nanobrag_torch.errors import ConfigError
 from nanobrag_torch.experiment import config_from_expt, experiment_from_config
-from nanobrag_torch.instrument import (cross, from_dials, matrix_to_dials, panel_tensors,
+from nanobrag_torch.instrument import (Detector, cross, from_dials, matrix_to_dials, panel_tensors,
                                        single_panel, to_dials)
 from nanobrag_torch.io import (read_detector_json, read_expt, read_mat, write_detector_json,
                                write_expt)
@@ -168,6 +168,27 @@ def test_flags_override_the_file_and_say_so(rundir):
     lat = crystal_lattice(cfg, "spec", torch.tensor(1.2e-10, dtype=torch.float64), torch.float64, "cpu")
     A = np.array(read_expt("inputs/expt/single_mosflm.expt").crystal.A)
     close(torch.stack((lat.a_star, lat.b_star, lat.c_star), 1).numpy(), A, rel=1e-14)
+
+
+@needs_expt
+def test_cli_run_prints_the_overrides(rundir, capsys):
+    assert main(["-expt", "inputs/expt/single_mosflm.expt", "-hkl", "inputs/P1.hkl", "-N", "2",
+                 "-osc", "0.2", "-roi", "120", "123", "120", "123", "-nonoise", "-nopgm"]) == 0
+    out = capsys.readouterr().out
+    assert "-expt inputs/expt/single_mosflm.expt: -osc overrides the file's oscillation width (0.1 deg)" in out
+    assert "floatimage.bin" in os.listdir(rundir) and "intimage.img" in os.listdir(rundir)
+
+
+@needs_expt
+def test_tilted_panel_and_beam_in_c_parity_mode(tmp_path):
+    """c-parity ignores -pix0_vector (as the C): the distance and beam centre put the panel back."""
+    exp = read_expt(EXPT / "xfel_8tile.expt")
+    write_expt(tmp_path / "tile.expt", dataclasses.replace(exp, detector=Detector((exp.detector[5],))))
+    cfg = config_from_expt(tmp_path / "tile.expt")
+    spec, cpar = (detector_geometry(cfg, mode, torch.float64, "cpu") for mode in ("spec", "c-parity"))
+    assert tuple(spec.pix0.tolist()) == exp.detector[5].origin_m
+    close(cpar.pix0, spec.pix0, 1e-14)
+    assert torch.equal(cpar.fdet, spec.fdet) and torch.equal(cpar.odet, spec.odet)
 
 
 @needs_expt

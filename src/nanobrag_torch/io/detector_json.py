@@ -25,7 +25,7 @@ from nanobrag_torch.errors import ConfigError
 from nanobrag_torch.instrument import (Detector, Panel, exact_inverse, from_dials, mm_for_m,
                                        to_dials, um_for_m)
 from nanobrag_torch.io._common import atomic_write
-from nanobrag_torch.io.expt import LAB_FRAME, _Doc, _load_json, _show, compose_frame
+from nanobrag_torch.io.expt import LAB_FRAME, _Doc, _load_json, _show, compose_frame, guarded
 
 FORMAT = "nanobrag-torch detector"
 VERSION = 1
@@ -39,6 +39,10 @@ MAX_DEPTH = 32
 
 def read_detector_json(path) -> Detector:
     """The Detector of a layout file, in nanoBragg's lab frame (metres)."""
+    return guarded(path, _read_detector_json)
+
+
+def _read_detector_json(path) -> Detector:
     doc = _Doc(path)
     data = _load_json(path)
     if not isinstance(data, dict):

@@ -232,6 +232,21 @@ def read_expt(path, experiment: int = 0) -> Experiment:
 
 def read_experiments(path) -> List[Experiment]:
     """Every experiment of a DIALS experiment list (.expt JSON), nanoBragg frame."""
+    return guarded(path, _read_experiments)
+
+
+def guarded(path, reader):
+    """reader(path); a malformed structure the checks missed still fails in one line."""
+    try:
+        return reader(path)
+    except (TypeError, AttributeError, KeyError, IndexError, OverflowError, ZeroDivisionError,
+            ValueError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"{path}: malformed file ({type(err).__name__}: {err})") from None
+
+
+def _read_experiments(path) -> List[Experiment]:
     doc = _Doc(path)
     data = _load_json(path)
     if not isinstance(data, dict):
@@ -265,7 +280,12 @@ def read_experiments(path) -> List[Experiment]:
                 doc.fail(f"{name}[{ref}]", f"expected an object, got {_show(models[ref])}")
             key = (name, ref)
             if key not in cache:
-                cache[key] = reader(doc, models[ref], f"{name}[{ref}]")
+                try:
+                    cache[key] = reader(doc, models[ref], f"{name}[{ref}]")
+                except ConfigError as err:      # a model's own check: name the file and field
+                    if str(err).startswith(doc.path):
+                        raise
+                    doc.fail(f"{name}[{ref}]", str(err))
             return cache[key]
 
         beam = model("beam", _read_beam, required=True)
@@ -418,7 +438,8 @@ def _read_scan(doc, s, where) -> Scan:
                          f"{where}.properties.oscillation_width")
             width_r = doc.num(w[0] if w else None, f"{where}.properties.oscillation_width[0]") * PI_180
         exposure = props.get("exposure_time") or [0.0]
-        exposure = doc.num(exposure[0], f"{where}.properties.exposure_time[0]", ge=0)
+        exposure = doc.num(exposure[0] if isinstance(exposure, list) else exposure,
+                           f"{where}.properties.exposure_time", ge=0)
     else:   # older files: "oscillation": [start, width] (deg)
         start, width = doc.nums(doc.get(s, "oscillation", where), 2, f"{where}.oscillation")
         r0, width_r = start * PI_180, width * PI_180

@@ -58,12 +58,20 @@ def config_from_expt(path, cfg: Optional[SimConfig] = None, image: Optional[int]
 
 def apply_experiment(cfg: SimConfig, exp: Experiment, image: Optional[int] = None,
                      keep: Iterable[str] = (), source: str = "") -> List[str]:
-    """Set cfg's instrument from exp, except the items in keep (see OVERRIDES). Returns notes."""
+    """Set cfg's instrument from exp, except the items in keep (see OVERRIDES). Returns notes.
+    Everything is checked before cfg is touched: a failure leaves cfg as it was."""
     keep = set(keep)
     where = source or "experiment"
-    if len(exp.detector) > 1:
-        raise ConfigError(f"{where}: the detector has {len(exp.detector)} panels: multi-panel "
-                          f"rendering is not supported yet (read them with nanobrag_torch.io.read_expt)")
+    _check_detector(exp.detector, keep, where)
+    start = width = None
+    if exp.scan is not None:
+        first, last = exp.scan.image_range
+        k = image if image is not None else first
+        if not first <= k <= last:
+            raise ConfigError(f"{where}: no image {k} in the scan (images {first}..{last})")
+        start, width = exp.scan.image_oscillation(k)
+    elif image is not None:
+        raise ConfigError(f"{where}: no scan in the experiment, so no image {image}")
     beam, cr = cfg.beam, cfg.crystal
     _freeze_convention(cfg)
     if "wavelength" not in keep:
@@ -80,19 +88,12 @@ def apply_experiment(cfg: SimConfig, exp: Experiment, image: Optional[int] = Non
         # -mat semantics: the matrix holds A * lambda and the reader divides lambda out again
         from .vec import value
         cr.mat = exp.crystal.mosflm_matrix(value(beam.wavelength_A))
-        cr.cell, cr.mat_file = None, source or None
-    if exp.scan is not None:
-        first, last = exp.scan.image_range
-        k = image if image is not None else first
-        if not first <= k <= last:
-            raise ConfigError(f"{where}: no image {k} in the scan (images {first}..{last})")
-        start, width = exp.scan.image_oscillation(k)
+        cr.cell, cr.mat_file = None, None
+    if start is not None:
         if "phi" not in keep:
             cr.phi_deg = start
         if "osc" not in keep and width > 0:
             cr.osc_deg = width
-    elif image is not None:
-        raise ConfigError(f"{where}: no scan in the experiment, so no image {image}")
     notes = apply_detector(cfg, exp.detector, keep=keep, source=source)
     what = [f"{len(exp.detector)} panel {exp.detector[0].fpixels}x{exp.detector[0].spixels}",
             f"wavelength {exp.beam.wavelength_A:g} A"]
@@ -104,20 +105,31 @@ def apply_experiment(cfg: SimConfig, exp: Experiment, image: Optional[int] = Non
     return [f"{where}: " + ", ".join(what)] + notes
 
 
+def _check_detector(detector: Detector, keep, where: str) -> None:
+    """What today's renderer needs of a detector model: one panel, square pixels, its normal
+    pointing away from the sample."""
+    if len(detector) > 1:
+        raise ConfigError(f"{where}: the detector has {len(detector)} panels: multi-panel "
+                          f"rendering is not supported yet (read them with nanobrag_torch.io.read_expt)")
+    p = detector[0]
+    if "pixel_size" not in keep and p.pixel_size_m[0] != p.pixel_size_m[1]:
+        raise ConfigError(f"{where}: panel {p.name!r} has non-square pixels "
+                          f"({p.pixel_size_m[0] * 1e3:g} x {p.pixel_size_m[1] * 1e3:g} mm)")
+    centre = p.pixel_centre_m((p.fpixels - 1) / 2.0, (p.spixels - 1) / 2.0)
+    if dot(p.normal, centre) <= 0:
+        raise ConfigError(f"{where}: panel {p.name!r}: its normal (fast x slow) points toward the "
+                          f"sample; nanoBragg needs it to point away")
+
+
 def apply_detector(cfg: SimConfig, detector: Detector, keep: Iterable[str] = (),
                    source: str = "") -> List[str]:
     """Place cfg's detector at the (single) panel of detector, except the items in keep."""
     keep, det, notes = set(keep), cfg.detector, []
     where = source or "detector"
-    if len(detector) > 1:
-        raise ConfigError(f"{where}: the detector has {len(detector)} panels: multi-panel "
-                          f"rendering is not supported yet")
+    _check_detector(detector, keep, where)
     p = detector[0]
     _freeze_convention(cfg)
     if "pixel_size" not in keep:
-        if p.pixel_size_m[0] != p.pixel_size_m[1]:
-            raise ConfigError(f"{where}: panel {p.name!r} has non-square pixels "
-                              f"({p.pixel_size_m[0] * 1e3:g} x {p.pixel_size_m[1] * 1e3:g} mm)")
         det.pixel_size_mm = mm_for_m(p.pixel_size_m[0])
     if "size" not in keep:
         det.detpixels = [p.fpixels, p.spixels]
@@ -133,10 +145,6 @@ def apply_detector(cfg: SimConfig, detector: Detector, keep: Iterable[str] = (),
                                  ("odet", "odet_vector", p.normal)):
         if item not in keep:
             setattr(det, target, list(vector))
-    centre = p.pixel_centre_m((p.fpixels - 1) / 2.0, (p.spixels - 1) / 2.0)
-    if dot(p.normal, centre) <= 0:
-        raise ConfigError(f"{where}: panel {p.name!r}: its normal (fast x slow) points toward the "
-                          f"sample; nanoBragg needs it to point away")
     # distance and beam centre (CUSTOM: Xbeam, Ybeam = fast, slow mm): what places the panel
     # in c-parity mode, and when a placement flag drops the origin
     b = cfg.beam.beam_vector or [1.0, 0.0, 0.0]

@@ -91,7 +91,7 @@ def um_for_m(x_m: float) -> float:
 
 
 # --------------------------------------------------------------------------
-# small exact-order vector helpers (plain floats)
+# vector helpers on plain floats, in scitbx's (dxtbx's) operation order (io/expt.py relies on it)
 
 def _vec3(v, what: str) -> Vec3:
     try:

@@ -30,8 +30,8 @@ from typing import List, Sequence, Union
 
 from nanobrag_torch.errors import ConfigError
 from nanobrag_torch.instrument import (Beam, Crystal, Detector, Experiment, Goniometer, Panel, Scan,
-                                       from_dials, matrix_from_dials, matrix_to_dials, mm_for_m,
-                                       to_dials)
+                                       cross, dot, from_dials, matrix_from_dials, matrix_to_dials,
+                                       mm_for_m, norm, to_dials, unit)
 from nanobrag_torch.io._common import atomic_write, read_bytes
 
 PI_180 = math.pi / 180.0          # scitbx: deg_as_rad(x) = x * pi_180, rad_as_deg(x) = x / pi_180
@@ -73,21 +73,8 @@ def _transpose(m):
     return (m[0], m[3], m[6], m[1], m[4], m[7], m[2], m[5], m[8])
 
 
-def _dot(a, b):
-    return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
-
-
-def _cross(a, b):
-    return (a[1] * b[2] - b[1] * a[2], a[2] * b[0] - b[2] * a[0], a[0] * b[1] - b[0] * a[1])
-
-
-def _length(a):
-    return math.sqrt(_dot(a, a))
-
-
-def _normalize(a):
-    n = _length(a)
-    return (a[0] / n, a[1] / n, a[2] / n)
+# vec3 dot, cross, length, normalize: instrument's helpers have scitbx's operation order
+_dot, _cross, _length, _normalize = dot, cross, norm, unit
 
 
 def _angle_deg(a, b):

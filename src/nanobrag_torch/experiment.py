@@ -246,10 +246,10 @@ def apply_cli(st) -> None:
         if use.flag.name not in given:
             given.append(use.flag.name)
     keep = {item for flag in given for item in OVERRIDES.get(flag, ())}
-    expt_file = getattr(cfg, "expt_file", None)
-    layout = getattr(cfg.detector, "layout_file", None)
+    expt_file = cfg.expt_file
+    layout = cfg.detector.layout_file
     if expt_file is None:
-        if getattr(cfg, "expt_image", None) is not None:
+        if cfg.expt_image is not None:
             raise cli.FlagError("-expt_image needs -expt FILE")
     else:
         for flag in CONFLICTS:

@@ -31,6 +31,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 from . import inputs
 from .config import SimConfig
+from .instrument import mm_for_m
 from .errors import ConfigError, FieldError, FileError, FlagError, UsageError
 from .modes import get_mode
 from .units import HC_EV_A
@@ -565,6 +566,8 @@ FLAGS: List[Flag] = (
          "render only these pixels (inclusive; fast, then slow)"),
         ("-img", "FILE", (FILE,), _nothing, "take detector and beam values from an SMV header"),
         ("-mask", "FILE", (FILE,), _nothing, "SMV image: pixels that are 0 are not rendered"),
+        ("-detector_json", "FILE", (FILE,), _set(D + "layout_file"),
+         "detector layout file (docs/detectors.md); flags override its values"),
     ])
     + _g("Beam", [
         ("-lambda -wave", "A", (POS,), _set(B + "wavelength_A"), "wavelength (Angstrom, default 1)"),
@@ -665,6 +668,10 @@ FLAGS: List[Flag] = (
         ("-pixel_batch_size", "N", (POS_INT,), _set(S + "pixel_batch_size"),
          "pixels per batch (bounds memory)"),
         ("-debug", "", (), _nothing, "show Python tracebacks", dict(hidden=True)),
+        ("-expt", "FILE", (FILE,), _set(S + "expt_file"),
+         "DIALS experiment list: beam, detector, crystal, spindle, scan; flags override it"),
+        ("-expt_image", "K", (POS_INT,), _set(S + "expt_image"),
+         "simulate image K of the -expt scan (default: its first)"),
     ])
     + _g("Not supported", [
         ("-dispstep", "", (), _nothing, "", dict(hidden=True, reader=_example_only(
@@ -859,7 +866,7 @@ def _check_usage(st):
     cr = st.cfg.crystal
     if st.hkl is None and st.model is None and not _dump_available(st) and cr.default_F == 0:
         raise UsageError("ERROR: no hkl file and no dump file to read.")
-    if st.mat is None and not st.cell_given and not _cell_in_file(st):
+    if st.mat is None and not st.cell_given and not _cell_in_file(st) and st.cfg.expt_file is None:
         raise UsageError("ERROR: no crystal: give -cell a b c alpha beta gamma or -mat FILE.")
 
 
@@ -876,6 +883,9 @@ def _read_inputs(st):
     cfg, cr = st.cfg, st.cfg.crystal
     mode = get_mode(cfg.mode)
     cfg.inputs_read_as = mode.name
+    if cfg.expt_file is not None or cfg.expt_image is not None or cfg.detector.layout_file is not None:
+        from .experiment import apply_cli
+        apply_cli(st)      # -expt / -detector_json (flags given override the files)
     if st.mat is not None:
         cr.mat_file = st.mat[1]
         inputs.read_matrix(cfg, st.mat[0])
@@ -996,21 +1006,6 @@ def _check_outputs(st):
         require("PIL.Image")
 
 
-def _mm_for_metres(x_m: float) -> float:
-    """A value in mm whose mm/1000 (the simulator's conversion) is exactly x_m."""
-    y = x_m * 1000.0
-    cands = [y]
-    for direction in (math.inf, -math.inf):
-        z = y
-        for _ in range(3):
-            z = math.nextafter(z, direction)
-            cands.append(z)
-    for cand in cands:
-        if cand / 1000.0 == x_m:
-            return cand
-    return y
-
-
 def _ingest_header(st, flag, path):
     """Detector/beam values from an SMV header, as the C (SPEC 6.7)."""
     from .io.smv import header_value, read_smv
@@ -1040,7 +1035,7 @@ def _ingest_header(st, flag, path):
         if flag == "-mask":
             # C: Ybeam = detsize_s - value/1000 (metres), detsize_s = pixel_size*SIZE2 now
             detsize_s = det.pixel_size_mm / 1000.0 * smv.height
-            det.beam_center_mm[1] = _mm_for_metres(detsize_s - v / 1000.0)
+            det.beam_center_mm[1] = mm_for_m(detsize_s - v / 1000.0)
         else:
             det.beam_center_mm[1] = v
     for key, target in (("ORGX", "detector.org_px[0]"), ("ORGY", "detector.org_px[1]"),

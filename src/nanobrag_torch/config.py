@@ -129,6 +129,7 @@ class DetectorConfig:
     mu_per_m: Optional[float] = None   # from -detector_abs (1/(depth um * 1e-6)); 0 for inf/0
     roi: Optional[tuple] = None        # (xmin, xmax, ymin, ymax), inclusive pixel indices
     mask: Optional[np.ndarray] = None  # (spixels, fpixels) uint16; zero pixels are skipped
+    layout_file: Optional[str] = None  # -detector_json FILE (docs/detectors.md), applied at parse time
 
     @property
     def fpixels(self) -> int:
@@ -249,6 +250,8 @@ class SimConfig:
     device: str = "cpu"                  # -device cpu | cuda | auto
     pixel_batch_size: Optional[int] = None
     inputs_read_as: Optional[str] = None  # the mode whose rules read the input files (None: none read)
+    expt_file: Optional[str] = None      # -expt FILE (DIALS experiment list), applied at parse time
+    expt_image: Optional[int] = None     # -expt_image K: the scan image simulated (None: the first)
     argv: list = field(default_factory=list)
     notes: list = field(default_factory=list)   # warnings found while parsing, printed by the CLI
 

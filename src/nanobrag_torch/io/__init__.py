@@ -8,6 +8,8 @@ packages (the [formats] extra) only when called.
 from nanobrag_torch.io.cbf import write_cbf
 from nanobrag_torch.io.cnum import c_atof, c_atoi
 from nanobrag_torch.io.experiment import Experiment
+from nanobrag_torch.io.detector_json import read_detector_json, write_detector_json
+from nanobrag_torch.io.expt import read_experiments, read_expt, write_expt
 from nanobrag_torch.io.hkl import read_fdump, read_hkl, read_hkl_with_messages, write_fdump
 from nanobrag_torch.io.matfile import read_mat
 from nanobrag_torch.io.nexus import write_nexus
@@ -31,4 +33,6 @@ __all__ = [
     "read_sourcefile",
     "read_stol", "write_stol_rows",
     "structure_factors", "Experiment", "write_cbf", "write_nexus", "write_png",
+    "read_expt", "read_experiments", "write_expt",
+    "read_detector_json", "write_detector_json",
 ]

@@ -34,40 +34,46 @@ class Sources:
     deviations: list | None = None  # generated sources: the kept (hdiv, vdiv) grid points (rad)
 
 
-def step_plan(n, r, s, default_range, range_only_halves=False):
-    """The C's auto-selection of (count, range, step) (SPEC 3.2); unset = negative.
+def step_plan(n, r, s, default_range, range_only_halves=False, *, phi=False):
+    """The C's completion of (count, range, step) from whichever were given (SPEC 3.2, 2.8);
+    unset = negative. Decided on values (step counts are static). Returns (n, range, step).
 
-    Decided on values (step counts are static). Returns (n, range, step).
+    range_only_halves (detector thickness, phi): a range without count or step makes two
+    steps of range/2 (else two points a range apart). phi: the spindle's variant, where a
+    count of 0 means 1, a given count and range make `count` steps of range/count (not
+    points from end to end), a step of exactly 0 is kept and nothing degenerate is reset.
     """
     f = value
-    if n <= 0:
+    if phi and n == 0:
+        n = 1
+    if (n < 0) if phi else (n <= 0):
         if f(r) < 0.0:
             if f(s) <= 0.0:
                 n, r, s = 1, 0.0, 0.0
             else:
                 r, n = s, 2
-        else:
-            if f(s) <= 0.0:
-                if range_only_halves:      # detector thickness: step = range/2
-                    n = 2
-                    s = r / n
-                else:
-                    s, n = r, 2
-            else:
-                n = int(math.ceil(f(r) / f(s)))
-    else:
-        if f(r) < 0.0:
-            if f(s) <= 0.0:
-                r = default_range
+        elif f(s) <= 0.0:
+            if range_only_halves:
+                n = 2
                 s = r / n
             else:
-                r, n = s, 2
+                s, n = r, 2
         else:
-            if f(s) <= 0.0:
-                if n <= 1:
-                    n = 2
-                s = r / (n - 1)
-    if f(r) <= 0.0 or f(s) <= 0.0 or n <= 0:
+            n = int(math.ceil(f(r) / f(s)))
+    elif f(r) < 0.0:
+        if f(s) <= 0.0:
+            r = default_range
+            s = r / n
+        else:
+            r, n = s, 2
+    elif phi:
+        if f(s) < 0.0:
+            s = r / n
+    elif f(s) <= 0.0:
+        if n <= 1:
+            n = 2
+        s = r / (n - 1)
+    if not phi and (f(r) <= 0.0 or f(s) <= 0.0 or n <= 0):
         n, r, s = 1, 0.0, 0.0
     return n, r, s
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .beam import step_plan
 from .config import SimConfig
 from .modes import Mode, get_mode
 from .errors import ConfigError
@@ -40,6 +41,7 @@ class Lattice:
     n_cells: torch.Tensor
     misset_rad: object = None
     random_misset: bool = False
+    steps: dict | None = None     # crystal_lattice(record=True): the intermediates, for -trace_pixel
 
 
 def reciprocal_from_cell(cell: torch.Tensor):
@@ -96,10 +98,15 @@ def misset_angles(cfg: SimConfig, mode: Mode):
     return None, cr.misset_deg
 
 
-def crystal_lattice(cfg: SimConfig, mode: Mode, wavelength_m: torch.Tensor, dtype, device) -> Lattice:
-    """SPEC 2.1-2.5: cell or -mat, misset, real/reciprocal re-derivation, crystal size."""
+def crystal_lattice(cfg: SimConfig, mode: Mode, wavelength_m: torch.Tensor, dtype, device,
+                    record: bool = False) -> Lattice:
+    """SPEC 2.1-2.5: cell or -mat, misset, real/reciprocal re-derivation, crystal size.
+
+    record: keep the intermediate vectors in Lattice.steps (the C's crystal TRACE lines).
+    """
     mode = get_mode(mode)
     cr = cfg.crystal
+    steps = {} if record else None
     t = lambda x: as_tensor(x, dtype, device)  # noqa: E731
     if cr.cell is None and cr.mat is None:
         raise ConfigError("no crystal: give -cell a b c alpha beta gamma or -mat FILE")
@@ -112,6 +119,8 @@ def crystal_lattice(cfg: SimConfig, mode: Mode, wavelength_m: torch.Tensor, dtyp
         mat = t(cr.mat)
         scale = 1e-10 / wavelength_m
         a_star, b_star, c_star = mat[:, 0] * scale, mat[:, 1] * scale, mat[:, 2] * scale
+        if record:
+            steps.update(mat=mat, lambda0=wavelength_m, scale=scale, after_wavelength=(a_star, b_star, c_star))
 
     kind, angles = misset_angles(cfg, mode)
     misset_rad = None
@@ -122,9 +131,12 @@ def crystal_lattice(cfg: SimConfig, mode: Mode, wavelength_m: torch.Tensor, dtyp
     elif angles is not None:
         misset_rad = deg_to_rad(t(angles))
     if misset_rad is not None:
+        before = (a_star, b_star, c_star)
         a_star = rotate_xyz(a_star, misset_rad[0], misset_rad[1], misset_rad[2])
         b_star = rotate_xyz(b_star, misset_rad[0], misset_rad[1], misset_rad[2])
         c_star = rotate_xyz(c_star, misset_rad[0], misset_rad[1], misset_rad[2])
+        if record:
+            steps.update(before_misset=before, after_misset=(a_star, b_star, c_star))
     if cr.orientation is not None:
         # API only: a rotation after the misset (the real axes follow through the cross products)
         umat = t(cr.orientation)
@@ -134,6 +146,9 @@ def crystal_lattice(cfg: SimConfig, mode: Mode, wavelength_m: torch.Tensor, dtyp
     b_star_x_c_star = cross(b_star, c_star)
     c_star_x_a_star = cross(c_star, a_star)
     V_star = dot(a_star, b_star_x_c_star)
+    if record:
+        steps.update(reciprocal=(a_star, b_star, c_star), V_star_raw=V_star,
+                     cross=(a_star_x_b_star, b_star_x_c_star, c_star_x_a_star))
     if user_cell:
         b_star_x_c_star = _rescale(b_star_x_c_star, cell[0] / V_cell_user)
         c_star_x_a_star = _rescale(c_star_x_a_star, cell[1] / V_cell_user)
@@ -143,13 +158,17 @@ def crystal_lattice(cfg: SimConfig, mode: Mode, wavelength_m: torch.Tensor, dtyp
     a = V_cell * b_star_x_c_star
     b = V_cell * c_star_x_a_star
     c = V_cell * a_star_x_b_star
+    if record:
+        steps.update(V_cell=V_cell, V_star=V_star, real_A=(a, b, c),
+                     rescaled=(b_star_x_c_star, c_star_x_a_star, a_star_x_b_star),
+                     regen_cross=(cross(b, c), cross(c, a), cross(a, b)))
     a_star = V_star * cross(b, c)
     b_star = V_star * cross(c, a)
     c_star = V_star * cross(a, b)
     a, b, c = 1e-10 * a, 1e-10 * b, 1e-10 * c
 
     n_cells = crystal_size(cfg, a, b, c, dtype, device)
-    return Lattice(a, b, c, a_star, b_star, c_star, V_cell, n_cells, misset_rad, kind == "random")
+    return Lattice(a, b, c, a_star, b_star, c_star, V_cell, n_cells, misset_rad, kind == "random", steps)
 
 
 def sample_size_m(cfg: SimConfig) -> tuple[list, list[str]]:
@@ -191,29 +210,9 @@ def phi_plan(cfg: SimConfig) -> PhiPlan:
     osc = deg_to_rad(cr.osc_deg) if cr.osc_deg is not None else -1.0
     phistep = deg_to_rad(cr.phistep_deg) if cr.phistep_deg is not None else -1.0
     steps = cr.phisteps if cr.phisteps is not None else -1
-    val = value   # step counts are static: decide on values
-    if steps < 0:
-        if val(osc) < 0.0:
-            if val(phistep) <= 0.0:
-                steps, osc, phistep = 1, 0.0, 0.0
-            else:
-                osc, steps = phistep, 2
-        else:
-            if val(phistep) <= 0.0:
-                steps, phistep = 2, osc / 2.0
-            else:
-                steps = int(math.ceil(val(osc) / val(phistep)))
-    else:
-        if steps == 0:
-            steps = 1
-        if val(osc) < 0.0:
-            if val(phistep) <= 0.0:
-                osc = 1.0 / (180.0 * (1.0 / math.pi))
-                phistep = osc / steps
-            else:
-                osc, steps = phistep, 2
-        elif val(phistep) < 0.0:
-            phistep = osc / steps
+    # an oscillation without steps or step size: 1 degree (the C's 1/RTD)
+    steps, osc, phistep = step_plan(steps, osc, phistep, 1.0 / (180.0 * (1.0 / math.pi)),
+                                    range_only_halves=True, phi=True)
     return PhiPlan(deg_to_rad(cr.phi_deg), phistep, steps, osc)
 
 

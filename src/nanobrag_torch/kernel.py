@@ -313,7 +313,6 @@ def capture_fraction(d: Vec3, geom: DetectorGeometry, plan: KernelPlan) -> torch
 def scattering_vectors(d: Vec3, plan: KernelPlan) -> Vec3:
     """q = (d - i)/lambda (1/m) per (group = pixel x layer x subpixel x source): (n, Gp) each."""
     n = d[0].shape[0]
-    S = plan.incident.shape[0]
     inc, lam = plan.incident, plan.wavelength
     return tuple(((d[i].reshape(n, -1, 1) - inc[:, i]) / lam).reshape(n, -1) for i in range(3))
 

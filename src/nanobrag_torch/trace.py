@@ -29,11 +29,12 @@ import sys
 
 import torch
 
-from .crystal import _rescale, reciprocal_from_cell
+from . import beam as beam_mod
+from .crystal import crystal_lattice
 from .execution import StateScan
 from .kernel import RunState, lattice_factor, render_pixels
 from .units import R_E_SQR, RTD, deg_to_rad
-from .vec import as_tensor, cross, dot, magnitude, rotate_xyz
+from .vec import as_tensor, dot, magnitude, rotate_xyz
 
 # how each convention turns the user's beam centre into (Fbeam, Sbeam) (SPEC 1.5, step 3)
 _MAPPING = {
@@ -181,89 +182,63 @@ def _matmul(A, B):
 
 # ------------------------------------------------------------- crystal setup
 def _trace_crystal(sim, setup, say) -> None:
-    """The C's crystal-setup TRACE lines (SPEC 2.1-2.4), step by step.
+    """The C's crystal-setup TRACE lines (SPEC 2.1-2.4), step by step: crystal_lattice's
+    own intermediates (record=True).
 
-    crystal_lattice keeps only its result, so the steps are re-run here with
-    the same functions; the last lines print the simulator's own lattice.
     |v| is the vector's length; the C prints the length it stored with the
     vector, which for a* b* c* built from a triclinic cell is the textbook one,
     not that of its c* (C-IMPL-BUG-001): those lengths differ from the C's.
     """
-    cfg, lat = sim.config, setup.lattice
-    cr = cfg.crystal
-    dtype, dev = lat.a.dtype, lat.a.device
-    t = lambda x: as_tensor(x, dtype, dev)  # noqa: E731
+    lat = setup.lattice
+    g = setup.geom
+    lambda0 = beam_mod.wavelength_m(sim.config, g.pix0.dtype, g.pix0.device)
+    st = crystal_lattice(sim.config, sim.mode, lambda0, g.pix0.dtype, g.pix0.device, record=True).steps
     vs = lambda v: _g(*_vec(v))  # noqa: E731
     mag = lambda v: _g(magnitude(v))  # noqa: E731
-    user_cell = cr.cell is not None
-    a_star = b_star = c_star = None
-    if user_cell:
-        cell = t(cr.cell)
-        a_star, b_star, c_star, V_user = reciprocal_from_cell(cell)
-    if cr.mat is not None:
-        mat = t(cr.mat)
-        lambda0 = t(cfg.beam.wavelength_A) / 1.0e10
-        scale = 1e-10 / lambda0
+    names = ("a_star", "b_star", "c_star")
+
+    def vectors(prefix, vs3, names=names, with_mag=True):
+        for name, v in zip(names, vs3):
+            say(f"TRACE:   {prefix}{name} = [{vs(v)}]" + (f" |{name}| = {mag(v)}" if with_mag else ""))
+    if "mat" in st:
         say("TRACE: Raw matrix values from file:")
-        for name, i in (("a_star", 0), ("b_star", 1), ("c_star", 2)):
-            say(f"TRACE:   {name} (raw) = [{vs(mat[:, i])}]")
-        say(f"TRACE:   lambda0 = {_g(lambda0 * 1e10)} Angstroms")
-        say(f"TRACE:   scaling factor = 1e-10/lambda0 = {_g(scale)}")
-        a_star, b_star, c_star = mat[:, 0] * scale, mat[:, 1] * scale, mat[:, 2] * scale
+        for name, i in zip(names, range(3)):
+            say(f"TRACE:   {name} (raw) = [{vs(st['mat'][:, i])}]")
+        say(f"TRACE:   lambda0 = {_g(st['lambda0'] * 1e10)} Angstroms")
+        say(f"TRACE:   scaling factor = 1e-10/lambda0 = {_g(st['scale'])}")
         say("TRACE: After wavelength correction:")
-        for name, v in (("a_star", a_star), ("b_star", b_star), ("c_star", c_star)):
-            say(f"TRACE:   {name} = [{vs(v)}] |{name}| = {mag(v)}")
-    if lat.misset_rad is not None:
-        m = lat.misset_rad
+        vectors("", st["after_wavelength"])
+    if "before_misset" in st:
         say("TRACE: Before misset rotation:")
-        for name, v in (("a_star", a_star), ("b_star", b_star), ("c_star", c_star)):
-            say(f"TRACE:   {name} = [{vs(v)}] |{name}| = {mag(v)}")
-        say(f"TRACE:   misset angles = [{_g(*(_f(x) * RTD for x in m))}] degrees")
-        a_star, b_star, c_star = (rotate_xyz(v, m[0], m[1], m[2]) for v in (a_star, b_star, c_star))
+        vectors("", st["before_misset"])
+        say(f"TRACE:   misset angles = [{_g(*(_f(x) * RTD for x in lat.misset_rad))}] degrees")
         say("TRACE: After misset rotation:")
-        for name, v in (("a_star", a_star), ("b_star", b_star), ("c_star", c_star)):
-            say(f"TRACE:   {name} = [{vs(v)}] |{name}| = {mag(v)}")
+        vectors("", st["after_misset"])
     say("TRACE: Computing cross products of reciprocal vectors:")
     say("TRACE:   Input vectors for cross products:")
-    for name, v in (("a_star", a_star), ("b_star", b_star), ("c_star", c_star)):
+    for name, v in zip(names, st["reciprocal"]):
         say(f"TRACE:     {name} = [{vs(v)}]")
-    axb, bxc, cxa = cross(a_star, b_star), cross(b_star, c_star), cross(c_star, a_star)
+    axb, bxc, cxa = st["cross"]
     say("TRACE:   Cross product results:")
     say(f"TRACE:     a_star x b_star = [{vs(axb)}]")
     say(f"TRACE:     b_star x c_star = [{vs(bxc)}]")
     say(f"TRACE:     c_star x a_star = [{vs(cxa)}]")
-    V_star = dot(a_star, bxc)
     say("TRACE: Reciprocal cell volume calculation:")
-    say(f"TRACE:   V_star = a_star . (b_star x c_star) = {_g(V_star)}")
-    if user_cell:
-        bxc = _rescale(bxc, cell[0] / V_user)
-        cxa = _rescale(cxa, cell[1] / V_user)
-        axb = _rescale(axb, cell[2] / V_user)
-        V_star = 1.0 / V_user
-    V_cell = 1.0 / V_star
-    say(f"TRACE: Direct-space cell volume: V_cell = 1/V_star = {_g(V_cell)}")
+    say(f"TRACE:   V_star = a_star . (b_star x c_star) = {_g(st['V_star_raw'])}")
+    say(f"TRACE: Direct-space cell volume: V_cell = 1/V_star = {_g(st['V_cell'])}")
     say("TRACE: Before computing real-space vectors:")
+    bxc, cxa, axb = st["rescaled"]
     say(f"TRACE:   b_star_cross_c_star = [{vs(bxc)}]")
     say(f"TRACE:   c_star_cross_a_star = [{vs(cxa)}]")
     say(f"TRACE:   a_star_cross_b_star = [{vs(axb)}]")
-    say(f"TRACE:   V_cell = {_g(V_cell)}, V_star = {_g(V_star)}")
-    a, b, c = V_cell * bxc, V_cell * cxa, V_cell * axb
+    say(f"TRACE:   V_cell = {_g(st['V_cell'])}, V_star = {_g(st['V_star'])}")
     say("TRACE: After computing real-space vectors:")
-    for name, v in (("a", a), ("b", b), ("c", c)):
-        say(f"TRACE:   {name} = [{vs(v)}] |{name}| = {mag(v)}")
-    if not all(bool(torch.allclose(x * 1e-10, y, rtol=1e-12, atol=0.0))
-               for x, y in zip((a, b, c), (lat.a, lat.b, lat.c))):
-        say("TRACE: (note: the steps above, re-derived for the trace, do not reproduce the "
-            "simulator's cell printed below)")
+    vectors("", st["real_A"], names=("a", "b", "c"))
     say("TRACE: Re-generating reciprocal vectors from real-space vectors:")
-    for name, v in (("a_star", a_star), ("b_star", b_star), ("c_star", c_star)):
-        say(f"TRACE:   Before re-generation: {name} = [{vs(v)}] |{name}| = {mag(v)}")
-    say(f"TRACE:   Cross products: b_cross_c = [{vs(cross(b, c))}]")
-    say(f"TRACE:   Cross products: c_cross_a = [{vs(cross(c, a))}]")
-    say(f"TRACE:   Cross products: a_cross_b = [{vs(cross(a, b))}]")
-    # from here on: the simulator's own lattice (its reciprocal vectors are the regenerated ones)
-    for name, v in (("a_star", lat.a_star), ("b_star", lat.b_star), ("c_star", lat.c_star)):
-        say(f"TRACE:   After re-generation: {name} = [{vs(v)}] |{name}| = {mag(v)}")
+    vectors("Before re-generation: ", st["reciprocal"])
+    for name, v in zip(("b_cross_c", "c_cross_a", "a_cross_b"), st["regen_cross"]):
+        say(f"TRACE:   Cross products: {name} = [{vs(v)}]")
+    vectors("After re-generation: ", (lat.a_star, lat.b_star, lat.c_star))
     say("TRACE: Converting real-space vectors from Angstroms to meters:")
     for name, v in (("a", lat.a), ("b", lat.b), ("c", lat.c)):
         say(f"TRACE:   Before conversion: {name} = [{vs(v * 1e10)}] |{name}| = {mag(v * 1e10)} Angstroms")
@@ -478,7 +453,6 @@ def _held_polar_so_far(ev, group):
 
 def _trace_final(sim, setup, plan, ev, say) -> None:
     """The pixel's final scalars; the factors are the ones the kernel applied."""
-    cfg = sim.config
     T, O = ev["P"].shape[0], ev["P"].shape[1]
     line = lambda name, x: say(f"TRACE_C: {name} {_g15(x)}")  # noqa: E731
     # the C's held/last values: capture of the last layer (first subpixel; last subpixel with

@@ -22,7 +22,7 @@ import torch
 
 from . import io
 from .image import Image
-from .io.smv import fit_header_bytes
+from .io.smv import fit_header_bytes, smv_header_lines
 from .modes import get_mode
 from .units import RTD
 
@@ -61,22 +61,17 @@ def smv_header(image: Image) -> list:
     f = float
     px = g.pixel_size_m
     phi0 = f(setup.phi.phi0_rad) * RTD
-    header = [
-        ("HEADER_BYTES", 512), ("DIM", 2), ("BYTE_ORDER", "little_endian"), ("TYPE", "unsigned_short"),
-        ("SIZE1", g.fpixels), ("SIZE2", g.spixels), ("PIXEL_SIZE", px * 1000.0),
-        ("DISTANCE", f(g.distance) * 1000.0),
-        ("WAVELENGTH", f(image.config.beam.wavelength_A) / 1e10 * 1e10),
-        ("BEAM_CENTER_X", f(g.Xbeam) * 1000.0), ("BEAM_CENTER_Y", f(g.Ybeam) * 1000),
-        ("ADXV_CENTER_X", f(g.Fbeam) * 1000.0), ("ADXV_CENTER_Y", (g.detsize_s_m - f(g.Sbeam)) * 1000),
-        ("MOSFLM_CENTER_X", (f(g.Sbeam) - 0.5 * px) * 1000.0),
-        ("MOSFLM_CENTER_Y", (f(g.Fbeam) - 0.5 * px) * 1000),
-        ("DENZO_X_BEAM", f(g.Sbeam) * 1000.0), ("DENZO_Y_BEAM", f(g.Fbeam) * 1000),
-        ("DIALS_ORIGIN", tuple(float(x) for x in g.dials_origin_mm)),
-        ("XDS_ORGX", f(g.orgx)), ("XDS_ORGY", f(g.orgy)),
-        ("CLOSE_DISTANCE", f(g.close_distance) * 1000.0),
-        ("PHI", phi0), ("OSC_START", phi0), ("OSC_RANGE", f(setup.phi.osc_rad) * RTD),
-        ("TWOTHETA", f(g.twotheta_rad) * RTD), ("DETECTOR_SN", "000"), ("BEAMLINE", "fake"),
-    ]
+    header = smv_header_lines(
+        size1=g.fpixels, size2=g.spixels, pixel_size=px * 1000.0, distance=f(g.distance) * 1000.0,
+        wavelength=f(image.config.beam.wavelength_A) / 1e10 * 1e10,
+        beam_center_x=f(g.Xbeam) * 1000.0, beam_center_y=f(g.Ybeam) * 1000,
+        adxv_center_x=f(g.Fbeam) * 1000.0, adxv_center_y=(g.detsize_s_m - f(g.Sbeam)) * 1000,
+        mosflm_center_x=(f(g.Sbeam) - 0.5 * px) * 1000.0, mosflm_center_y=(f(g.Fbeam) - 0.5 * px) * 1000,
+        denzo_x_beam=f(g.Sbeam) * 1000.0, denzo_y_beam=f(g.Fbeam) * 1000,
+        dials_origin=tuple(float(x) for x in g.dials_origin_mm),
+        xds_orgx=f(g.orgx), xds_orgy=f(g.orgy), close_distance=f(g.close_distance) * 1000.0,
+        phi=phi0, osc_start=phi0, osc_range=f(setup.phi.osc_rad) * RTD,
+        twotheta=f(g.twotheta_rad) * RTD)
     if get_mode(image.mode).smv_adc_offset:
         header = fit_header_bytes(header + [("ADC_OFFSET", float(image.config.output.adc))])
     return header

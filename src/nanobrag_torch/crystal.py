@@ -349,3 +349,13 @@ def rotated_cell_set(lat: Lattice, spindle: torch.Tensor, phi: PhiPlan, domains:
     if first == carried:
         return cells, None
     return cells, rotated_cells(lat, spindle, phis, umats, first).reshape(-1, 3, 3)
+
+
+def oversampling(cfg, lattice, geom, lambda0) -> tuple[int, int]:
+    """SPEC 2.9: (oversampling used, recommended) from crystal size and reciprocal pixel size."""
+    sizes = [value(magnitude(v) * n) for v, n in
+             zip((lattice.a, lattice.b, lattice.c), lattice.n_cells)]
+    reciprocal_pixel = value(lambda0) * value(geom.distance) / geom.pixel_size_m
+    recommended = max(1, math.ceil(3.0 * max(sizes) / reciprocal_pixel))
+    over = cfg.oversample
+    return (recommended if over is None or over <= 0 else over), recommended

@@ -10,8 +10,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from .beam import step_plan
 from .config import SimConfig
 from .modes import Mode, get_mode
 from .errors import ConfigError
@@ -280,3 +282,30 @@ def curve(P: torch.Tensor, geom: DetectorGeometry) -> torch.Tensor:
     start = (dist * geom.beam).expand(P.shape)
     tmp = rotate_axis(start, geom.sdet, P[..., 1] / dist)
     return rotate_axis(tmp, geom.fdet, P[..., 2] / dist)
+
+
+def sensor_layers(cfg):
+    """SPEC 1.10: (layers, thickness m, layer step m, mu 1/m, notes) of the sensor."""
+    det = cfg.detector
+    notes = []
+    n, thick, step = step_plan(det.thicksteps or -1, det.thickness_um * 1e-6, -1.0, 0.5e-6,
+                                        range_only_halves=True)
+    mu = det.mu_per_m if det.mu_per_m is not None else -1.0
+    if thick > 0.0 and mu < 0.0:
+        mu = 1.0 / thick
+        notes.append(f"WARNING: setting detector attenuation depth to {mu:g} m")
+    return n, thick, step, mu, notes
+
+
+def rendered_pixels(cfg, geom, dev):
+    """The pixels the C renders (inside the ROI, not masked), in raster order."""
+    det = cfg.detector
+    fp, sp = geom.fpixels, geom.spixels
+    xmin, xmax, ymin, ymax = det.roi if det.roi is not None else (0, fp, 0, sp)
+    s = torch.arange(sp, device=dev)[:, None]
+    f = torch.arange(fp, device=dev)[None, :]
+    keep = (f >= xmin) & (f <= xmax) & (s >= ymin) & (s <= ymax)
+    if det.mask is not None:
+        keep = keep & (torch.as_tensor(np.asarray(det.mask), device=dev) != 0)
+    flat = torch.nonzero(keep.reshape(-1))[:, 0]
+    return flat // fp, flat % fp, (xmin, xmax, ymin, ymax)

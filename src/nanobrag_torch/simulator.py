@@ -12,11 +12,9 @@ rendered pixels) and renders on every `run()`; how the kernel is executed
 """
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from . import beam as beam_mod
@@ -24,12 +22,12 @@ from . import crystal as crystal_mod
 from . import execution
 from .background import water_intensity
 from .config import SimConfig, fingerprint, orientation_batch
-from .detector import DetectorGeometry, detector_geometry
+from .detector import DetectorGeometry, detector_geometry, rendered_pixels, sensor_layers
 from .errors import ConfigError
 from .image import Image
 from .kernel import KernelPlan
 from .modes import Mode, get_mode
-from .structure import FGrid
+from .structure import FGrid, interpolation_on
 from .units import R_E_SQR
 from .validate import validate
 from .vec import as_tensor, value
@@ -96,14 +94,14 @@ def build_setup(cfg: SimConfig, mode: Mode, dtype, device, fixed: Setup | None =
     cells, cells_first = crystal_mod.rotated_cell_set(lattice, vec.spindle, phi, domains, spread,
                                                       cfg.crystal.mosaic_seed, mode, g64, dev)
     if fixed is None:
-        oversample, recommended = _oversample(cfg, lattice, geom, lambda0)
-        interpolate = _interpolate(cfg)
-        pixels_s, pixels_f, roi = _rendered_pixels(cfg, geom, dev)
+        oversample, recommended = crystal_mod.oversampling(cfg, lattice, geom, lambda0)
+        interpolate = interpolation_on(cfg)
+        pixels_s, pixels_f, roi = rendered_pixels(cfg, geom, dev)
     else:
         oversample, recommended, interpolate = fixed.oversample, fixed.recommended_oversample, \
             fixed.interpolate
         pixels_s, pixels_f, roi = fixed.pixels_s, fixed.pixels_f, fixed.roi
-    thicksteps, thick, thickstep, mu, th_notes = _thickness(cfg)
+    thicksteps, thick, thickstep, mu, th_notes = sensor_layers(cfg)
     notes += th_notes
 
     n_src = sources.incident.shape[0]
@@ -132,51 +130,6 @@ def build_setup(cfg: SimConfig, mode: Mode, dtype, device, fixed: Setup | None =
     return Setup(geom, sources, lattice, phi, domains, spread, oversample, recommended,
                  thicksteps, thick, thickstep, mu, fluence, interpolate, steps, plan,
                  pixels_s, pixels_f, roi, notes)
-
-
-def _oversample(cfg, lattice, geom, lambda0):
-    """SPEC 2.9: recommended oversampling from crystal size and reciprocal pixel size."""
-    sizes = [value(crystal_mod.magnitude(v) * n) for v, n in
-             zip((lattice.a, lattice.b, lattice.c), lattice.n_cells)]
-    reciprocal_pixel = value(lambda0) * value(geom.distance) / geom.pixel_size_m
-    recommended = max(1, math.ceil(3.0 * max(sizes) / reciprocal_pixel))
-    over = cfg.oversample
-    return (recommended if over is None or over <= 0 else over), recommended
-
-
-def _thickness(cfg):
-    det = cfg.detector
-    notes = []
-    n, thick, step = beam_mod.step_plan(det.thicksteps or -1, det.thickness_um * 1e-6, -1.0, 0.5e-6,
-                                        range_only_halves=True)
-    mu = det.mu_per_m if det.mu_per_m is not None else -1.0
-    if thick > 0.0 and mu < 0.0:
-        mu = 1.0 / thick
-        notes.append(f"WARNING: setting detector attenuation depth to {mu:g} m")
-    return n, thick, step, mu, notes
-
-
-def _interpolate(cfg) -> bool:
-    interp = cfg.crystal.interpolate
-    if interp is None:
-        # the C decides on the N values as parsed, before -xtalsize and the clamp to 1
-        interp = any(value(n) <= 2 for n in cfg.crystal.n_cells)
-    hkl = cfg.crystal.hkl
-    return bool(interp) and hkl is not None and hkl.hkls != 0
-
-
-def _rendered_pixels(cfg, geom, dev):
-    """The pixels the C renders (inside the ROI, not masked), in raster order."""
-    det = cfg.detector
-    fp, sp = geom.fpixels, geom.spixels
-    xmin, xmax, ymin, ymax = det.roi if det.roi is not None else (0, fp, 0, sp)
-    s = torch.arange(sp, device=dev)[:, None]
-    f = torch.arange(fp, device=dev)[None, :]
-    keep = (f >= xmin) & (f <= xmax) & (s >= ymin) & (s <= ymax)
-    if det.mask is not None:
-        keep = keep & (torch.as_tensor(np.asarray(det.mask), device=dev) != 0)
-    flat = torch.nonzero(keep.reshape(-1))[:, 0]
-    return flat // fp, flat % fp, (xmin, xmax, ymin, ymax)
 
 
 class Simulator:

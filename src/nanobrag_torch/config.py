@@ -130,6 +130,10 @@ class DetectorConfig:
     roi: Optional[tuple] = None        # (xmin, xmax, ymin, ymax), inclusive pixel indices
     mask: Optional[np.ndarray] = None  # (spixels, fpixels) uint16; zero pixels are skipped
     layout_file: Optional[str] = None  # -detector_json FILE (docs/detectors.md), applied at parse time
+    panels: Any = None                 # an instrument.Detector of several panels (-expt, -detector_json)
+    panel_offset_m: Value = None       # grad (P, 3) shift of every panel's origin (m)
+    panel_rotation_deg: Value = None   # grad (P, 3) rotation of every panel about lab x, y, z
+                                       # through its centre (deg)
 
     @property
     def fpixels(self) -> int:

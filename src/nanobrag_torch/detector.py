@@ -8,7 +8,7 @@ C's order of evaluation step by step (SPEC 1.4-1.8).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -80,6 +80,34 @@ class DetectorGeometry:
     curved: bool
     point_pixel: bool
     vectors: LabVectors
+    panels: "PanelStack | None" = None   # a detector of several panels (see detector_panels)
+
+
+@dataclass
+class PanelStack:
+    """P panels as rows of one tall detector: the stacked pixel row s_idx = p * spixels + s.
+
+    fdet, sdet, odet, pix0: (P, 3) lab frame (m); pixel_size_m, close_distance (pix0 . odet),
+    thickstep (sensor layer, m) and mu (1/m): (P,); spixels, fpixels: rows and columns of
+    every panel's block (the largest panel's; smaller panels leave pixels unrendered).
+    """
+    fdet: torch.Tensor
+    sdet: torch.Tensor
+    odet: torch.Tensor
+    pix0: torch.Tensor
+    pixel_size_m: torch.Tensor
+    close_distance: torch.Tensor
+    thickstep: torch.Tensor
+    mu: torch.Tensor
+    spixels: int
+    fpixels: int
+
+    @property
+    def count(self) -> int:
+        return self.fdet.shape[0]
+
+    def panel_of(self, s_idx: torch.Tensor) -> torch.Tensor:
+        return torch.div(s_idx, self.spixels, rounding_mode="floor")
 
 
 def _vector(user, default, dtype, device):
@@ -260,17 +288,30 @@ def pixel_positions(geom: DetectorGeometry, s_idx: torch.Tensor, f_idx: torch.Te
 
 def pixel_position_components(geom: DetectorGeometry, s_idx: torch.Tensor, f_idx: torch.Tensor,
                               oversample: int, odet_offsets: torch.Tensor) -> tuple:
-    """pixel_positions as separate x, y, z tensors (n, T, O, O) (contiguous: vectorises)."""
+    """pixel_positions as separate x, y, z tensors (n, T, O, O) (contiguous: vectorises).
+
+    With several panels, s_idx is the stacked row p * spixels + s and every pixel takes its
+    panel's vectors and pixel size (the same arithmetic as for one panel, so a panel placed
+    where a single-panel detector is gives its pixels bit for bit).
+    """
     dtype = geom.pix0.dtype
-    sub = geom.pixel_size_m / oversample
     k = torch.arange(oversample, dtype=dtype, device=s_idx.device)
+    pn = geom.panels
+    if pn is None:
+        sub = geom.pixel_size_m / oversample
+        fdet, sdet, odet, pix0 = geom.fdet, geom.sdet, geom.odet, geom.pix0
+    else:
+        p = pn.panel_of(s_idx)
+        s_idx = s_idx - p * pn.spixels
+        sub = (pn.pixel_size_m[p] / oversample)[:, None]                        # (n, 1)
+        fdet, sdet, odet, pix0 = (v[p].T[:, :, None, None, None] for v in (pn.fdet, pn.sdet, pn.odet, pn.pix0))
     Fdet = sub * (f_idx.to(dtype)[:, None] * oversample + k) + sub / 2.0      # (n, O)
     Sdet = sub * (s_idx.to(dtype)[:, None] * oversample + k) + sub / 2.0
     Fdet = Fdet[:, None, None, :]
     Sdet = Sdet[:, None, :, None]
-    Odet = odet_offsets[None, :, None, None]
-    P = tuple(Fdet * geom.fdet[i] + Sdet * geom.sdet[i] + Odet * geom.odet[i] + geom.pix0[i]
-              for i in range(3))
+    # layer offsets along odet: (T,), or (P, T) for panels of different sensor thickness
+    Odet = odet_offsets[None, :, None, None] if odet_offsets.dim() == 1 else odet_offsets[p][:, :, None, None]
+    P = tuple(Fdet * fdet[i] + Sdet * sdet[i] + Odet * odet[i] + pix0[i] for i in range(3))
     if geom.curved:
         P = curve(torch.stack(P, -1), geom).unbind(-1)
     return P
@@ -298,14 +339,73 @@ def sensor_layers(cfg):
 
 
 def rendered_pixels(cfg, geom, dev):
-    """The pixels the C renders (inside the ROI, not masked), in raster order."""
+    """The pixels the C renders (inside the ROI, not masked), in raster order.
+
+    Several panels: rows of the stacked detector (panel after panel); the ROI applies to
+    every panel's own pixel indices, the mask is (P, S, F) or (P*S, F), and a panel smaller
+    than the largest leaves the rest of its block unrendered.
+    """
     det = cfg.detector
     fp, sp = geom.fpixels, geom.spixels
     xmin, xmax, ymin, ymax = det.roi if det.roi is not None else (0, fp, 0, sp)
     s = torch.arange(sp, device=dev)[:, None]
     f = torch.arange(fp, device=dev)[None, :]
-    keep = (f >= xmin) & (f <= xmax) & (s >= ymin) & (s <= ymax)
+    if geom.panels is not None:
+        rows = geom.panels.spixels
+        sizes = torch.tensor([p.size_px for p in det.panels], device=dev)     # (P, 2) fast, slow
+        p = s // rows
+        s = s - p * rows
+        keep = (f < sizes[p, 0]) & (s < sizes[p, 1])
+    else:
+        keep = torch.ones((sp, fp), dtype=torch.bool, device=dev)
+    keep = keep & (f >= xmin) & (f <= xmax) & (s >= ymin) & (s <= ymax)
     if det.mask is not None:
-        keep = keep & (torch.as_tensor(np.asarray(det.mask), device=dev) != 0)
+        keep = keep & (torch.as_tensor(np.asarray(det.mask), device=dev).reshape(sp, fp) != 0)
     flat = torch.nonzero(keep.reshape(-1))[:, 0]
     return flat // fp, flat % fp, (xmin, xmax, ymin, ymax)
+
+
+def detector_panels(cfg: SimConfig, mode: Mode | str, dtype, device):
+    """(the detector's geometry, one geometry per panel, per-panel sensor layers).
+
+    One panel (cfg.detector.panels None): detector_geometry. Several (an
+    instrument.Detector in cfg.detector.panels): each panel placed as a single-panel
+    detector of its own (its header geometry), stacked for the kernel (PanelStack),
+    with cfg.detector.panel_offset_m (P, 3) and panel_rotation_deg (P, 3) (small rotations
+    about lab x, y, z through each panel's centre) applied: both may be tensors with
+    requires_grad (panel-geometry refinement).
+    """
+    det = cfg.detector
+    if det.panels is None:
+        g = detector_geometry(cfg, mode, dtype, device)
+        return g, [g], [sensor_layers(cfg)]
+    from .experiment import panel_config
+    from .instrument import panel_tensors
+    configs = [panel_config(cfg, i) for i in range(len(det.panels))]
+    # every panel is where the model puts it, in both modes (the C has no such detector)
+    placed = replace(get_mode(mode), pix0_vector=True)
+    geoms = [detector_geometry(c, placed, dtype, device) for c in configs]
+    layers = [sensor_layers(c) for c in configs]
+    if len({(n, thick > 0) for n, thick, *_ in layers}) > 1:
+        raise ConfigError("detector.panels: every panel needs the same sensor layer count, and a "
+                          "thickness on all panels or on none")
+    t = lambda x: as_tensor(x, dtype, device)  # noqa: E731
+    # the model's own vectors (a panel's header geometry may differ from them in the last bit)
+    vectors = panel_tensors(det.panels, dtype, device)
+    fdet, sdet, odet, pix0 = (vectors[k] for k in ("fdet", "sdet", "odet", "pix0"))
+    px = t([g.pixel_size_m for g in geoms])
+    S, F = max(g.spixels for g in geoms), max(g.fpixels for g in geoms)
+    if det.panel_rotation_deg is not None:
+        rot = deg_to_rad(t(det.panel_rotation_deg))
+        sizes = t([[g.fpixels, g.spixels] for g in geoms])
+        centre = pix0 + 0.5 * (sizes[:, :1] * px[:, None] * fdet + sizes[:, 1:] * px[:, None] * sdet)
+        turn = lambda v: rotate_xyz(v, rot[:, 0], rot[:, 1], rot[:, 2])  # noqa: E731
+        fdet, sdet, odet = turn(fdet), turn(sdet), turn(odet)
+        pix0 = centre + turn(pix0 - centre)
+    if det.panel_offset_m is not None:
+        pix0 = pix0 + t(det.panel_offset_m)
+    stack = PanelStack(fdet, sdet, odet, pix0, px, dot(pix0, odet), t([lay[2] for lay in layers]),
+                       t([lay[3] if lay[1] > 0 else 0.0 for lay in layers]), S, F)
+    whole = replace(geoms[0], fpixels=F, spixels=S * len(geoms), panels=stack,
+                    distance=torch.stack([g.distance for g in geoms]).min())
+    return whole, geoms, layers

@@ -40,7 +40,7 @@ def compile_enabled() -> bool:
 
 def evaluations_per_pixel(plan: KernelPlan) -> int:
     """Subpixels x layers x sources x rotated cells."""
-    return plan.oversample ** 2 * plan.odet_offsets.shape[0] * plan.incident.shape[0] * plan.cells.shape[0]
+    return plan.oversample ** 2 * plan.odet_offsets.shape[-1] * plan.incident.shape[0] * plan.cells.shape[0]
 
 
 def chunk_pixels(plan: KernelPlan, total: int, requested: int | None = None) -> int:
@@ -299,7 +299,7 @@ def split_plan(plan: KernelPlan, max_evals: int) -> list[KernelPlan] | None:
     runs that need the C's evaluation order (they are never split) or a dmin cut
     (which decides the held polarisation per source).
     """
-    Gs = plan.oversample ** 2 * plan.odet_offsets.shape[0]
+    Gs = plan.oversample ** 2 * plan.odet_offsets.shape[-1]
     S, R = plan.incident.shape[0], plan.cells.shape[0]
     if Gs * S * R <= max(max_evals, 1) or plan.culling:
         return None

@@ -106,19 +106,35 @@ def apply_experiment(cfg: SimConfig, exp: Experiment, image: Optional[int] = Non
 
 
 def _check_detector(detector: Detector, keep, where: str) -> None:
-    """What today's renderer needs of a detector model: one panel, square pixels, its normal
-    pointing away from the sample."""
-    if len(detector) > 1:
-        raise ConfigError(f"{where}: the detector has {len(detector)} panels: multi-panel "
-                          f"rendering is not supported yet (read them with nanobrag_torch.io.read_expt)")
-    p = detector[0]
-    if "pixel_size" not in keep and p.pixel_size_m[0] != p.pixel_size_m[1]:
-        raise ConfigError(f"{where}: panel {p.name!r} has non-square pixels "
-                          f"({p.pixel_size_m[0] * 1e3:g} x {p.pixel_size_m[1] * 1e3:g} mm)")
-    centre = p.pixel_centre_m((p.fpixels - 1) / 2.0, (p.spixels - 1) / 2.0)
-    if dot(p.normal, centre) <= 0:
-        raise ConfigError(f"{where}: panel {p.name!r}: its normal (fast x slow) points toward the "
-                          f"sample; nanoBragg needs it to point away")
+    """What the renderer needs of a detector model: square pixels, every panel's normal
+    pointing away from the sample; several panels are placed by the file alone."""
+    for p in detector:
+        if "pixel_size" not in keep and p.pixel_size_m[0] != p.pixel_size_m[1]:
+            raise ConfigError(f"{where}: panel {p.name!r} has non-square pixels "
+                              f"({p.pixel_size_m[0] * 1e3:g} x {p.pixel_size_m[1] * 1e3:g} mm)")
+        centre = p.pixel_centre_m((p.fpixels - 1) / 2.0, (p.spixels - 1) / 2.0)
+        if dot(p.normal, centre) <= 0:
+            raise ConfigError(f"{where}: panel {p.name!r}: its normal (fast x slow) points toward "
+                              f"the sample; nanoBragg needs it to point away")
+    placing = set(keep) & {"pixel_size", "size", "sensor", "fdet", "sdet", "odet", "distance",
+                           "beam_center_f", "beam_center_s", "pix0", "placement"}
+    if len(detector) > 1 and placing:
+        raise ConfigError(f"{where}: a detector of {len(detector)} panels is placed by the file: "
+                          f"flags that move or resize the detector do not apply to it")
+
+
+def panel_config(cfg: SimConfig, index: int) -> SimConfig:
+    """A copy of cfg whose single-panel detector is panel `index` of cfg.detector.panels
+    (its own vectors, origin, size, pixel size and sensor)."""
+    import dataclasses
+    # (the panel's vectors are final: no detector rotations or two-theta on top of them)
+    det = dataclasses.replace(cfg.detector, panels=None, panel_offset_m=None,
+                              panel_rotation_deg=None, roi=None, mask=None,
+                              rotation_deg=[0.0, 0.0, 0.0], twotheta_deg=0.0)
+    copy = dataclasses.replace(cfg, detector=det, beam=dataclasses.replace(cfg.beam),
+                               crystal=dataclasses.replace(cfg.crystal))
+    apply_detector(copy, Detector((cfg.detector.panels[index],)))
+    return copy
 
 
 def apply_detector(cfg: SimConfig, detector: Detector, keep: Iterable[str] = (),
@@ -129,6 +145,7 @@ def apply_detector(cfg: SimConfig, detector: Detector, keep: Iterable[str] = (),
     _check_detector(detector, keep, where)
     p = detector[0]
     _freeze_convention(cfg)
+    det.panels = detector if len(detector) > 1 else None
     if "pixel_size" not in keep:
         det.pixel_size_mm = mm_for_m(p.pixel_size_m[0])
     if "size" not in keep:

@@ -293,21 +293,32 @@ def structure_factor(hkl: Vec3, hkl0: Vec3, evaluated: torch.Tensor | None, plan
 
 
 # ----------------------------------------------------------------- per subpixel
-def solid_angle(airpath: torch.Tensor, geom: DetectorGeometry) -> torch.Tensor:
-    """Pixel solid angle (SPEC 1.9): px^2/R^2 * close_distance/R, or 1/R^2 for -point_pixel."""
+def solid_angle(airpath: torch.Tensor, geom: DetectorGeometry, p=None) -> torch.Tensor:
+    """Pixel solid angle (SPEC 1.9): px^2/R^2 * close_distance/R, or 1/R^2 for -point_pixel.
+    p: (n,) panel of each pixel (several panels: each has its pixel size and distance)."""
     if geom.point_pixel:
         return 1.0 / airpath / airpath
-    px = geom.pixel_size_m
-    return px * px / airpath / airpath * geom.close_distance / airpath
+    if p is None:
+        px = geom.pixel_size_m
+        return px * px / airpath / airpath * geom.close_distance / airpath
+    px, close = (v[p].reshape((-1,) + (1,) * (airpath.dim() - 1))
+                 for v in (geom.panels.pixel_size_m, geom.panels.close_distance))
+    # (float / tensor is reciprocal-then-multiply in torch: the same operations as above)
+    return torch.reciprocal(airpath) * (px * px) / airpath * close / airpath
 
 
-def capture_fraction(d: Vec3, geom: DetectorGeometry, plan: KernelPlan) -> torch.Tensor:
+def capture_fraction(d: Vec3, geom: DetectorGeometry, plan: KernelPlan, p=None) -> torch.Tensor:
     """Fraction of photons absorbed in each sensor layer (n, T, O, O) (AT-ABS-001)."""
-    parallax = d[0] * geom.odet[0] + d[1] * geom.odet[1] + d[2] * geom.odet[2]
-    t = torch.arange(plan.odet_offsets.shape[0], dtype=parallax.dtype,
+    odet, step, mu = geom.odet, plan.thickstep, plan.mu
+    if p is not None:
+        pn = geom.panels
+        odet = pn.odet[p].T[:, :, None, None, None]
+        step, mu = (v[p][:, None, None, None] for v in (pn.thickstep, pn.mu))
+    parallax = d[0] * odet[0] + d[1] * odet[1] + d[2] * odet[2]
+    t = torch.arange(plan.odet_offsets.shape[-1], dtype=parallax.dtype,
                      device=parallax.device)[None, :, None, None]
-    return (torch.exp(-t * plan.thickstep * plan.mu / parallax)
-            - torch.exp(-(t + 1) * plan.thickstep * plan.mu / parallax))
+    return (torch.exp(-t * step * mu / parallax)
+            - torch.exp(-(t + 1) * step * mu / parallax))
 
 
 def scattering_vectors(d: Vec3, plan: KernelPlan) -> Vec3:
@@ -357,19 +368,20 @@ def render_pixels(s_idx: torch.Tensor, f_idx: torch.Tensor, plan: KernelPlan,
     """
     geom = plan.geom
     P = pixel_position_components(geom, s_idx, f_idx, plan.oversample, plan.odet_offsets)  # (n, T, O, O)
+    panel = None if geom.panels is None else geom.panels.panel_of(s_idx)
     airpath = torch.sqrt(P[0] * P[0] + P[1] * P[1] + P[2] * P[2])
     inv_path = 1.0 / airpath
     d = tuple(x * inv_path for x in P)                                  # diffracted unit vectors
     n, Gs = s_idx.shape[0], airpath[0].numel()
     every_subpixel = record or plan.running_product
     if every_subpixel:
-        omega = solid_angle(airpath, geom)
-        capture = capture_fraction(d, geom, plan) if plan.thick else torch.ones_like(omega)
+        omega = solid_angle(airpath, geom, panel)
+        capture = capture_fraction(d, geom, plan, panel) if plan.thick else torch.ones_like(omega)
     else:
         # the C holds these at one subpixel: omega at the first, capture at the last
         # layer's first (SPEC 4.1); computing only those keeps divisions off the hot loop
-        omega = solid_angle(airpath[:, :1, :1, :1], geom)
-        capture = (capture_fraction(tuple(x[:, :, :1, :1] for x in d), geom, plan)[:, -1:]
+        omega = solid_angle(airpath[:, :1, :1, :1], geom, panel)
+        capture = (capture_fraction(tuple(x[:, :, :1, :1] for x in d), geom, plan, panel)[:, -1:]
                    if plan.thick else torch.ones_like(omega))
     S, R = plan.incident.shape[0], plan.cells.shape[0]
     Gp = Gs * S

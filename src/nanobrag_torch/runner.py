@@ -15,6 +15,7 @@ import torch
 from . import console, writers
 from .config import SimConfig
 from .errors import ConfigError
+from .image import panel_path
 from .simulator import Simulator, SuspiciousValueWarning
 
 
@@ -55,23 +56,34 @@ def run(cfg: SimConfig, out=None) -> int:
         from .trace import trace_pixel
         trace_pixel(sim, image, *o.trace_pixel, out=out)
 
-    S, F = image.shape
-    print(f"writing {o.floatfile} as {S * F} 4-byte floats", file=out)
+    S, F = image.shape[-2:]
+    P = image.panel_count
+    files = (lambda path: [panel_path(path, i) for i in range(P)]) if P > 1 else (lambda path: [path])
+    for path in files(o.floatfile):
+        print(f"writing {path} as {S * F} 4-byte floats", file=out)
     writers.write_float(o.floatfile, image)
     print(f"max_I = {stats.max_I:g}  at {stats.max_I_x:g} {stats.max_I_y:g}", file=out)
     print(f"mean= {stats.mean:g} rms= {stats.rms:g} rmsd= {stats.rmsd:g}", file=out)
+    if P > 1:
+        for i, panel in enumerate(cfg.detector.panels):
+            st = image.panel(i).stats
+            print(f"panel {i:02d} ({panel.name}): max_I= {st.max_I:g} mean= {st.mean:g} "
+                  f"rms= {st.rms:g} rmsd= {st.rmsd:g}", file=out)
     print(f"intfile_scale = {writers.int_scale(image):g}", file=out)
-    print(f"writing {o.intfile} as 2-byte integers", file=out)
+    for path in files(o.intfile):
+        print(f"writing {path} as 2-byte integers", file=out)
     writers.write_smv(o.intfile, image)
     if o.write_pgm:
         print(f"pgm_scale = {writers.pgm_scale(image):g}", file=out)
-        print(f"writing {o.pgmfile} as 1-byte integers", file=out)
+        for path in files(o.pgmfile):
+            print(f"writing {path} as 1-byte integers", file=out)
         writers.write_pgm(o.pgmfile, image)
     noise = None
     if o.write_noise:
         noise = writers.noise_counts(image)
         print(f"{noise.photons:.0f} photons on noise image ({noise.overloads} overloads)", file=out)
-        print(f"writing {o.noisefile} as 2-byte integers", file=out)
+        for path in files(o.noisefile):
+            print(f"writing {path} as 2-byte integers", file=out)
         writers.write_noise(o.noisefile, image, noise=noise)
     # CBF, NeXus and PNG (port-only): after the C's files, from the same image and noise
     what = "photon counts with Poisson noise" if noise is not None else "photon counts (no noise)"

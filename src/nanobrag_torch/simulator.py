@@ -22,7 +22,7 @@ from . import crystal as crystal_mod
 from . import execution
 from .background import water_intensity
 from .config import SimConfig, fingerprint, orientation_batch
-from .detector import DetectorGeometry, detector_geometry, rendered_pixels, sensor_layers
+from .detector import DetectorGeometry, detector_panels, rendered_pixels
 from .errors import ConfigError
 from .image import Image
 from .kernel import KernelPlan
@@ -72,6 +72,7 @@ class Setup:
     pixels_f: torch.Tensor
     roi: tuple
     notes: list
+    panel_geoms: list | None = None   # several panels: each panel's own geometry (headers)
 
 
 def build_setup(cfg: SimConfig, mode: Mode, dtype, device, fixed: Setup | None = None) -> Setup:
@@ -80,7 +81,7 @@ def build_setup(cfg: SimConfig, mode: Mode, dtype, device, fixed: Setup | None =
     (see kernel.py); dtype is that of the lattice and structure-factor arithmetic."""
     g64, dev = torch.float64, device
     notes = []
-    geom = detector_geometry(cfg, mode, g64, dev)                                    # SPEC 1
+    geom, panel_geoms, layers = detector_panels(cfg, mode, g64, dev)               # SPEC 1
     vec = geom.vectors
     if vec.odet_regenerated:
         notes.append("WARNING: auto-generating odet_vector")
@@ -101,7 +102,7 @@ def build_setup(cfg: SimConfig, mode: Mode, dtype, device, fixed: Setup | None =
         oversample, recommended, interpolate = fixed.oversample, fixed.recommended_oversample, \
             fixed.interpolate
         pixels_s, pixels_f, roi = fixed.pixels_s, fixed.pixels_f, fixed.roi
-    thicksteps, thick, thickstep, mu, th_notes = sensor_layers(cfg)
+    thicksteps, thick, thickstep, mu, th_notes = layers[0]
     notes += th_notes
 
     n_src = sources.incident.shape[0]
@@ -112,6 +113,8 @@ def build_setup(cfg: SimConfig, mode: Mode, dtype, device, fixed: Setup | None =
     fluence = beam_mod.fluence(cfg)
     I_bg = water_intensity(cfg.background.water_um, fluence, g64, dev)                 # SPEC 5
     offsets = torch.arange(thicksteps, dtype=g64, device=dev) * as_tensor(thickstep, g64, dev)
+    if geom.panels is not None:      # (P, T): each panel's own sensor layers
+        offsets = torch.arange(thicksteps, dtype=g64, device=dev)[None, :] * geom.panels.thickstep[:, None]
     dmin = cfg.dmin_A * 1e-10 if not isinstance(cfg.dmin_A, torch.Tensor) else \
         as_tensor(cfg.dmin_A, g64, dev) * 1e-10
     plan = KernelPlan(                                                                 # SPEC 4
@@ -129,7 +132,7 @@ def build_setup(cfg: SimConfig, mode: Mode, dtype, device, fixed: Setup | None =
         c_form=(not mode.reduced_lattice_form and dtype == torch.float64), dtype=dtype)
     return Setup(geom, sources, lattice, phi, domains, spread, oversample, recommended,
                  thicksteps, thick, thickstep, mu, fluence, interpolate, steps, plan,
-                 pixels_s, pixels_f, roi, notes)
+                 pixels_s, pixels_f, roi, notes, panel_geoms if geom.panels is not None else None)
 
 
 class Simulator:
@@ -243,7 +246,9 @@ class Simulator:
         if rendered.values.numel():
             flat_idx = setup.pixels_s * geom.fpixels + setup.pixels_f
             image = image.index_put((flat_idx,), rendered.values)
-        return Image(image.reshape(geom.spixels, geom.fpixels), setup, cfg, self.mode.name,
+        shape = (geom.spixels, geom.fpixels) if geom.panels is None else \
+            (geom.panels.count, geom.panels.spixels, geom.fpixels)
+        return Image(image.reshape(shape), setup, cfg, self.mode.name,
                      rendered.omega_sum, _warnings(rendered.state), state=rendered.state)
 
     def _run_pixels(self, cfg, setup, renderer, pixels) -> Image:

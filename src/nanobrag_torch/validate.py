@@ -223,8 +223,8 @@ def sources(field, x):
 
 def mask(field, x):
     arr = np.asarray(x)
-    if arr.ndim != 2:
-        raise ConfigTypeError(field, f"expected a 2-d array, got shape {arr.shape}")
+    if arr.ndim not in (2, 3):
+        raise ConfigTypeError(field, f"expected a 2-d array (3-d for panels), got shape {arr.shape}")
 
 
 def roi(field, x):
@@ -326,6 +326,7 @@ FIELDS = {
     "detector.mu_per_m": optional(_num(ge=0, unit="1/m")),
     "detector.roi": optional(roi),
     "detector.mask": optional(mask),
+    "detector.panels": lambda f, x: None,            # checked with the others (_panels)
     # beam
     "beam.wavelength_A": _num(gt=0, unit="Angstrom"),
     "beam.dispersion_pct": _num(ge=0, lt=200, unit="%"),
@@ -424,6 +425,9 @@ def _agreement(cfg: SimConfig) -> list[str]:
         warnings.append(f"crystal.n_cells: {n.tolist()} has counts below 1: they are rendered "
                         "as 1 unit cell, as nanoBragg.c does")
     fp, sp = _pixels(det)
+    if det.panels is not None:
+        _panels(cfg)
+        fp, sp = max(p.fpixels for p in det.panels), max(p.spixels for p in det.panels)
     if det.roi is not None:
         xmin, xmax, ymin, ymax = det.roi
         if xmax >= fp or ymax >= sp:
@@ -434,10 +438,12 @@ def _agreement(cfg: SimConfig) -> list[str]:
         if px is not None and (px[f] >= fp or px[s] >= sp):
             raise ConfigConflictError(name, f"{tuple(px)} is outside the detector "
                                             f"(fast 0..{fp - 1}, slow 0..{sp - 1})")
-    if det.mask is not None and np.asarray(det.mask).shape != (sp, fp):
+    if det.mask is not None:
         shape = np.asarray(det.mask).shape
-        raise ConfigConflictError("detector.mask", f"the mask is {shape[1]}x{shape[0]} pixels but "
-                                                   f"the detector is {fp}x{sp}")
+        P = 1 if det.panels is None else len(det.panels)
+        if shape not in ((sp, fp), (P * sp, fp), (P, sp, fp)) or (P > 1 and shape == (sp, fp)):
+            raise ConfigConflictError("detector.mask", f"the mask is {shape[-1]}x{shape[-2]} pixels "
+                                      f"but the detector is {fp}x{sp}" + (f" in {P} panels" if P > 1 else ""))
     if det.convention == "CUSTOM":
         f = det.fdet_vector if det.fdet_vector is not None else (0, 0, 1)
         s = det.sdet_vector if det.sdet_vector is not None else (0, -1, 0)
@@ -450,6 +456,29 @@ def _agreement(cfg: SimConfig) -> list[str]:
             warnings.append("beam.polar_vector: the polarisation axis is parallel to the beam: "
                             "the E-vector is undefined and the Kahn term drops out")
     return warnings
+
+
+def _panels(cfg) -> None:
+    """Several panels: an instrument.Detector, with (P, 3) offsets and rotations if any."""
+    from .instrument import Detector
+    det = cfg.detector
+    if not isinstance(det.panels, Detector):
+        raise ConfigTypeError("detector.panels", f"expected an instrument.Detector, got "
+                                                 f"{type(det.panels).__name__}")
+    P = len(det.panels)
+    for name in ("panel_offset_m", "panel_rotation_deg"):
+        x = getattr(det, name)
+        if x is not None:
+            arr = vector(f"detector.{name}", x, 3, batch=True)
+            if arr.shape != (P, 3):
+                raise ConfigConflictError(f"detector.{name}", f"expected shape ({P}, 3) for {P} "
+                                                              f"panels, got {arr.shape}")
+    if det.curved:
+        raise ConfigConflictError("detector.curved", "a detector of several panels cannot be curved")
+    for name in ("trace_pixel", "printout_pixel"):
+        if getattr(cfg.output, name) is not None or (name == "printout_pixel" and cfg.output.printout):
+            raise ConfigConflictError(f"output.{name}", "the per-pixel printouts are for one panel; "
+                                                        "a detector of several panels has none")
 
 
 def _pixels(det) -> tuple[int, int]:

@@ -41,16 +41,25 @@ NOT_SIMULATED = 1 << 8          # NXmx pixel_mask bit 8: user-defined mask
 NOMINAL_THICKNESS_M = 1e-9      # written for an ideal (0 m) sensor: DIALS requires > 0
 
 
-def write_nexus(path, images, exp: Experiment, *, counts: bool = True,
+def write_nexus(path, images, exp, *, counts: bool = True,
                 start_time: Optional[str] = None) -> None:
     """Write images (S, F) or a stack (N, S, F) and their experiment as an NXmx file.
 
+    exp: an Experiment, or one per panel (a list) for a detector of P panels: images are
+    then (P, S, F) or (N, P, S, F), one NXdetector_module per panel, stacked in the data
+    array panel after panel (data_origin (p * S, 0)), each with its own vectors.
     counts=True stores int32 detector counts (exp.counts: rounded, clipped to
     0..saturation); counts=False stores the values as float32. Pixels outside
     exp.mask are flagged in pixel_mask (their values are kept). Raises ConfigError
     for a curved detector or a missing h5py/hdf5plugin; the file appears complete
     or not at all.
     """
+    panels = list(exp) if isinstance(exp, (list, tuple)) else None
+    if panels is not None:
+        exp = _stacked(panels)
+        arr = np.asarray(images)
+        arr = arr.reshape((-1,) + arr.shape[-3:]) if arr.ndim in (3, 4) else arr
+        images = arr.reshape(arr.shape[0], -1, arr.shape[-1])            # (N, P*S, F)
     if exp.curved:
         raise ConfigError(f"{path}: NeXus cannot describe a curved detector (-curved_det)")
     arr = np.asarray(images)
@@ -82,9 +91,23 @@ def write_nexus(path, images, exp: Experiment, *, counts: bool = True,
             instrument["name"] = "nanobrag-torch simulation"
             _beam(instrument, exp, mc)
             det = _detector(instrument, exp, R, compression, data.dtype)
-            _module(det, "module", exp.fpixels, exp.spixels, mc(exp.fdet), mc(exp.sdet),
-                    mc(exp.pix0_m), mc(exp.odet), exp.pixel_size_m, origin=(0, 0))
+            for i, p in enumerate(panels or [exp]):
+                _module(det, "module" if panels is None else f"module_{i:02d}", p.fpixels, p.spixels,
+                        mc(p.fdet), mc(p.sdet), mc(p.pix0_m), mc(p.odet), p.pixel_size_m,
+                        origin=(i * (exp.spixels // len(panels or [exp])), 0))
             _sample(entry, exp, mc)
+
+
+def _stacked(panels: list) -> Experiment:
+    """The Experiment of the whole detector: panel 0's, with the panels' blocks stacked
+    (panel after panel along slow, each the largest panel's size) and their masks."""
+    import dataclasses
+    S, F = max(p.spixels for p in panels), max(p.fpixels for p in panels)
+    mask = np.zeros((len(panels) * S, F), dtype=bool)
+    for i, p in enumerate(panels):
+        mask[i * S:i * S + p.spixels, :p.fpixels] = True if p.mask is None else p.mask
+    return dataclasses.replace(panels[0], spixels=len(panels) * S, fpixels=F,
+                               mask=None if mask.all() else mask)
 
 
 def _root(fh, path, now):

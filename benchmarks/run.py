@@ -363,7 +363,7 @@ def api_worker(job_path: str) -> None:
     with torch.no_grad():
         sync()
         t0 = time.perf_counter()
-        image = sim.run()
+        image = sim.run().pixels
         sync()
         cold = time.perf_counter() - t0
         warm, other = [], []
@@ -371,7 +371,7 @@ def api_worker(job_path: str) -> None:
             sync()
             busy0, cpu0 = busy_cpu_s(), self_cpu_s()
             t0 = time.perf_counter()
-            image = sim.run()
+            image = sim.run().pixels
             sync()
             warm.append(time.perf_counter() - t0)
             busy1, cpu1 = busy_cpu_s(), self_cpu_s()

@@ -85,7 +85,7 @@ def target_image(args, cfg) -> torch.Tensor:
     truth = nb.config_from_args(TRUE_ARGS)
     apply(truth, {k: torch.tensor(v, dtype=torch.float64) for k, v in TRUE.items()})
     with torch.no_grad():
-        image = nb.Simulator(truth).run()
+        image = nb.Simulator(truth).run().pixels
     if args.noise:
         gen = torch.Generator().manual_seed(args.seed)
         image = torch.poisson(image * args.noise_scale, generator=gen) / args.noise_scale
@@ -135,7 +135,7 @@ class Problem:
 
     def image(self, z, pixels=None) -> torch.Tensor:
         self.set(z)
-        return self.sim.run(pixels=pixels)
+        return self.sim.run(pixels=pixels).pixels
 
     def loss(self, model, observed) -> torch.Tensor:
         """Mean squared difference relative to the target's mean square."""

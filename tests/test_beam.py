@@ -267,9 +267,9 @@ def test_nopolar_image_vs_polarised_ratio():
     (oversample 1: one value per pixel)."""
     args = ["-cell", "100", "-default_F", "1", "-N", "2", "-lambda", "1", "-detpixels", "8",
             "-distance", "20", "-pixel", "0.5", "-oversample", "1"]
-    img_np = Simulator(config_from_args(args + ["-nopolar"])).run()
+    img_np = Simulator(config_from_args(args + ["-nopolar"])).run().pixels
     sim = Simulator(config_from_args(args))
-    img = sim.run()
+    img = sim.run().pixels
     g = sim.static.geom
     p0, f, s = npv(g.pix0), npv(g.fdet), npv(g.sdet)
     ratio = npv(img) / npv(img_np)

@@ -283,13 +283,18 @@ def test_fdump_is_read_when_hkl_absent(rundir):
     F[0, 0, 0], F[1, 0, 0] = 10.0, 20.0
     write_fdump("Fdump.bin", HKLData(F=F, h_min=0, h_max=1, k_min=0, k_max=0,
                                      l_min=0, l_max=0, hkls=2))
-    cfg = config_from_args(["-cell", "100"])          # default_F 0 is fine with a dump
+    # the command line reads the cache as the C does (default_F 0 is fine with a dump) ...
+    cfg = config_from_args(["-cell", "100"], implicit_dump=True)
     assert cfg.crystal.hkl is not None
     assert np.asarray(cfg.crystal.hkl.F)[1, 0, 0] == 20.0
     assert cfg.crystal.hkl_file is None           # the log then says "reading Fs from Fdump.bin"
+    # ... the library only when -dump names it: a leftover Fdump.bin is never read implicitly
+    with pytest.raises(UsageError, match="no hkl file and no dump file"):
+        config_from_args(["-cell", "100"])
+    assert np.asarray(config_from_args(["-cell", "100", "-dump", "Fdump.bin"]).crystal.hkl.F)[1, 0, 0] == 20
     # -dump names another cache; it does not exist, so F is missing again
     with pytest.raises(UsageError, match="no hkl file and no dump file"):
-        config_from_args(["-cell", "100", "-dump", "other.bin"])
+        config_from_args(["-cell", "100", "-dump", "other.bin"], implicit_dump=True)
 
 
 # --------------------------------------------------------------------------
@@ -446,21 +451,29 @@ def test_mask_shape_must_match_detector(rundir):
 # fluence and beam clipping
 
 def test_flux_sets_fluence(rundir):
+    from nanobrag_torch.beam import fluence
     cfg = parse("-flux", "1e12", "-exposure", "2", "-beamsize", "0.05")
-    assert cfg.beam.fluence == 1e12 * 2 / (0.05 / 1000) / (0.05 / 1000)
+    assert fluence(cfg) == 1e12 * 2 / (0.05 / 1000) / (0.05 / 1000)
     cfg = parse("-fluence", "1e24", "-flux", "1e12")     # flux wins, default beam 0.1 mm
-    assert cfg.beam.fluence == pytest.approx(1e12 / 1e-8)
+    assert fluence(cfg) == pytest.approx(1e12 / 1e-8)
     cfg = parse("-flux", "1e12", "-exposure", "0", "-fluence", "3e20")
-    assert cfg.beam.fluence == 3e20
+    assert fluence(cfg) == 3e20
+    # the library honours a flux set in code (the config keeps what was given)
+    cfg = parse()
+    cfg.beam.flux = 1e12
+    assert fluence(cfg) == pytest.approx(1e12 / 1e-8) and cfg.beam.fluence != fluence(cfg)
 
 
 def test_beam_clips_sample(rundir):
+    from nanobrag_torch.crystal import sample_size_m
     cfg = parse("-xtalsize", "0.2", "-beamsize", "0.05")
-    assert cfg.crystal.sample_size_mm == [0.2, 0.05, 0.05]
-    assert cfg.notes == ["WARNING: clipping sample (0.0002 m high) with beam (5e-05 m)",
-                         "WARNING: clipping sample (0.0002 m wide) with beam (5e-05 m)"]
-    assert parse("-xtalsize", "0.2", "-beamsize", "-1").crystal.sample_size_mm == [0.2] * 3
-    assert parse("-xtalsize", "0.05").notes == []
+    assert cfg.crystal.sample_size_mm == [0.2, 0.2, 0.2]           # as given
+    sizes, notes = sample_size_m(cfg)
+    assert sizes == [0.0002, 0.05 / 1000, 0.05 / 1000]
+    assert notes == ["WARNING: clipping sample (0.0002 m high) with beam (5e-05 m)",
+                     "WARNING: clipping sample (0.0002 m wide) with beam (5e-05 m)"]
+    assert sample_size_m(parse("-xtalsize", "0.2", "-beamsize", "-1"))[0] == [0.0002] * 3
+    assert sample_size_m(parse("-xtalsize", "0.05"))[1] == []
 
 
 # --------------------------------------------------------------------------
@@ -528,8 +541,8 @@ ERRORS = [
     (["-beamsize", "0"], "-beamsize"),
     (["-detector_abs", "-5"], "-detector_abs"),
     (["-roi", "10", "5", "0", "5"], "-roi: need xmin <= xmax"),
-    (["-roi", "0", "5", "0", "2000"], "-roi 0 5 0 2000 is outside the detector"),
-    (["-detpixels", "64", "-trace_pixel", "64", "0"], "-trace_pixel 64 0 is outside"),
+    (["-roi", "0", "5", "0", "2000"], "-roi: (0, 5, 0, 2000) is outside the detector"),
+    (["-detpixels", "64", "-trace_pixel", "64", "0"], "-trace_pixel: (64, 0) is outside"),
     (["-distance", "100", "5"], "unexpected argument '5'"),
     (["stray"], "unexpected argument 'stray'"),
     (["-dispstep", "3"], "-dispstep is not a nanoBragg flag"),
@@ -550,8 +563,8 @@ def test_flag_errors(args, message, rundir):
 
 @pytest.mark.parametrize("cell,message", [
     (["-cell", "70", "80", "-90"], "must be positive, got '-90'"),
-    (["-cell", "0"], "the a axis must be > 0"),
-    (["-cell", "70", "70", "70", "200"], "alpha must be below 180"),
+    (["-cell", "0"], "-cell: cell length a must be >= 0.5 Angstrom"),
+    (["-cell", "70", "70", "70", "200"], "-cell: alpha must be between 0 and 180 deg, got 200"),
     (["-cell", "70", "70", "70", "10", "10", "90"], "do not form a unit cell"),
     (["-cell", "70", "x"], "-cell: expected a number, got 'x'"),
 ])
@@ -579,10 +592,10 @@ def test_comment_line_in_sourcefile(rundir):
     Path("src.txt").write_text("# a comment\n-10 0 0 1 1e-10\n")
     with pytest.raises(FileError, match="src.txt"):
         parse("-sourcefile", "src.txt")
-    # c-parity reads it as the C: a source at the origin with weight and lambda 0
-    cfg = parse("-sourcefile", "src.txt", "-mode", "c-parity")
-    assert cfg.beam.sources.position_m.shape == (2, 3)
-    assert cfg.beam.sources.wavelength_m[0] == 0.0
+    # c-parity reads it as the C: a source at the origin with weight and lambda 0, which
+    # has no direction (the C renders a NaN image): refused, naming the source
+    with pytest.raises(FlagError, match="-sourcefile: source 1 has wavelength 0 m"):
+        parse("-sourcefile", "src.txt", "-mode", "c-parity")
 
 
 def test_usage_errors(rundir):

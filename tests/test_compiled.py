@@ -25,10 +25,10 @@ CASES = {
 def test_compiled_equals_eager(name, dtype, run_dir):
     cfg = config_from_args(CASES[name])
     with torch.no_grad():
-        eager = Simulator(cfg, dtype=dtype, compile=False).run()
+        eager = Simulator(cfg, dtype=dtype, compile=False).run().pixels
         sim = Simulator(cfg, dtype=dtype, compile=True)
         sim.config.pixel_batch_size = 500          # several chunks, the last one padded
-        compiled = sim.run()
+        compiled = sim.run().pixels
     eager, compiled = eager.to(torch.float64).numpy(), compiled.to(torch.float64).numpy()
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     assert np.abs(compiled - eager).max() <= tol * np.abs(eager).max()
@@ -41,13 +41,13 @@ def test_compiled_equals_eager(name, dtype, run_dir):
 def test_pixels_with_more_evaluations_than_a_chunk_are_split_exactly(extra, run_dir, monkeypatch):
     """Memory stays bounded when one pixel alone exceeds a chunk: the rotated cells (then the
     sources) are sliced and the slices' values summed; the image is unchanged."""
-    import nanobrag_torch.simulator as simulator
+    import nanobrag_torch.execution as execution
     args = TRI[:-2] + ["-detpixels", "12", "-oversample", "2"] + extra.split()
     cfg = config_from_args(args)
     with torch.no_grad():
-        whole = Simulator(cfg, compile=False).run().numpy()
-        monkeypatch.setattr(simulator, "EVALS_PER_CHUNK", 10)
-        sim = Simulator(cfg, compile=False)
-        sliced = sim.run().numpy()
-    assert len(simulator.split_plan(sim.last_setup.plan, 10)) > 2
+        whole = Simulator(cfg, compile=False).run().pixels.numpy()
+        monkeypatch.setattr(execution, "EVALS_PER_CHUNK", 10)
+        image = Simulator(cfg, compile=False).run()
+        sliced = image.pixels.numpy()
+    assert len(execution.split_plan(image.setup.plan, 10)) > 2
     np.testing.assert_allclose(sliced, whole, rtol=1e-12, atol=0)

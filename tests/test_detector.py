@@ -374,7 +374,7 @@ def _water_omega_image(*args):
     cfg = cfg_of("-water", 100, "-nopolar", "-oversample", 1, *args)
     cfg.crystal.default_F = 0.0
     sim = Simulator(cfg)
-    img = npv(sim.run())
+    img = npv(sim.run().pixels)
     plan = sim.static.plan
     return img / float(plan.scale * plan.I_bg), sim.static.geom
 

@@ -31,8 +31,8 @@ def test_auto_device_falls_back_to_cpu():
 def test_cuda_image_equals_cpu(dtype):
     cfg = config_from_args(ARGS)
     with torch.no_grad():
-        cpu = Simulator(cfg, dtype=dtype).run()
-        gpu = Simulator(cfg, dtype=dtype, device="cuda").run()
+        cpu = Simulator(cfg, dtype=dtype).run().pixels
+        gpu = Simulator(cfg, dtype=dtype, device="cuda").run().pixels
     assert gpu.device.type == "cuda"
     tol = 1e-10 if dtype == torch.float64 else 1e-5
     np.testing.assert_allclose(gpu.cpu().numpy(), cpu.numpy(), rtol=0, atol=tol * float(cpu.max()))
@@ -44,8 +44,9 @@ def test_cuda_main_loop_tensors_live_on_the_device():
     from nanobrag_torch.compiled import _tensor_leaves
     sim = Simulator(config_from_args(ARGS), device="cuda", compile=False)
     with torch.no_grad():
-        image = sim.run()
+        result = sim.run()
+    image = result.pixels
     assert image.device.type == "cuda"
-    leaves = _tensor_leaves(sim.last_setup.plan)
+    leaves = _tensor_leaves(result.setup.plan)
     assert leaves and all(t.device.type == "cuda" for _, t in leaves), \
         [p for p, t in leaves if t.device.type != "cuda"]

@@ -63,7 +63,7 @@ def image_of(args, name, mode="spec", dtype=F64, **sim_kw):
 
     def f(x):
         setattr(target, attr, x * scale if attr == "fluence" else x)
-        return sim.run()
+        return sim.run().pixels
     return f
 
 
@@ -126,8 +126,7 @@ SINGULAR_PARAMS = ["crystal.cell", "crystal.misset_deg", "crystal.n_cells", "det
 def test_pixel_on_beam_is_exact():
     cfg = config_from_args(SINGULAR["pixel_on_beam"])
     sim = Simulator(cfg)
-    sim.run()
-    g = sim.last_setup.geom
+    g = sim.run().setup.geom
     P = 0.25e-3 * g.fdet + 0.25e-3 * g.sdet + g.pix0           # pixel (2, 2) centre
     assert torch.equal(torch.cross(P, g.beam, dim=0), torch.zeros(3, dtype=F64))
 
@@ -182,9 +181,11 @@ def test_gradcheck_structure_factors(interpolate, mode):
 
     def f(F):
         cfg.crystal.hkl.F = F
-        return sim.run()
-    grad, = torch.autograd.grad(f(F).sum(), F)
-    assert sim.interpolation_warning is None           # tricubic stayed on: no out-of-range lookups
+        return sim.run().pixels
+    cfg.crystal.hkl.F = F
+    image = sim.run()
+    grad, = torch.autograd.grad(image.pixels.sum(), F)
+    assert image.warnings == ()                        # tricubic stayed on: no out-of-range lookups
     used = int((grad != 0).sum())
     assert used >= (64 if interpolate else 4)          # tricubic: 4x4x4 neighbourhoods
     assert gradcheck(f, (F,), eps=1e-6, fast_mode=True, **TOL)
@@ -208,7 +209,7 @@ def test_gradcheck_orientation_batch():
 
     def f(U):
         cfg.crystal.orientation = U
-        return sim.run()
+        return sim.run().pixels
     assert f(U).shape == (2, 6, 6)
     assert gradcheck(f, (U,), eps=1e-6, **TOL)
 
@@ -224,7 +225,7 @@ def test_compiled_gradients_equal_eager():
         cfg.pixel_batch_size = 50                          # several chunks, the last one padded
         xs = [torch.tensor(v, dtype=F64, requires_grad=True) for v in ([70, 80, 90, 75, 85, 95], 100.0, 1.0)]
         cfg.crystal.cell, cfg.detector.distance_mm, cfg.beam.wavelength_A = xs
-        image = Simulator(cfg, compile=compile).run()
+        image = Simulator(cfg, compile=compile).run().pixels
         return [image.detach()] + list(torch.autograd.grad((image * image).sum(), xs))
     eager, compiled = grads(False), grads(True)
     for name, a, b in zip(["image"] + names, eager, compiled):
@@ -236,7 +237,7 @@ def test_float32_gradients_agree_with_float64():
     """A 256x256 image: float32 gradients of a loss agree with float64 to 1e-3."""
     args = CRYSTAL[:6] + ("-misset 10 20 30 -default_F 100 -N 5 -lambda 1.0 -distance 100 -pixel 0.1 "
                           "-detpixels 256").split()
-    target = Simulator(config_from_args(args)).run().detach()
+    target = Simulator(config_from_args(args)).run().pixels.detach()
     values = {"crystal.cell": [70.2, 79.9, 90.1, 75.1, 85.0, 94.9], "crystal.misset_deg": [10.1, 19.9, 30.05],
               "detector.distance_mm": 100.5, "detector.beam_center_mm": [12.9, 12.8],
               "beam.wavelength_A": 1.001, "crystal.n_cells": [5.0, 5.0, 5.0]}
@@ -247,7 +248,7 @@ def test_float32_gradients_agree_with_float64():
         for k, x in xs.items():
             group, attr = k.split(".")
             setattr(getattr(cfg, group), attr, x)
-        image = Simulator(cfg, dtype=dtype).run()
+        image = Simulator(cfg, dtype=dtype).run().pixels
         loss = ((image.to(F64) - target) ** 2).mean()
         return torch.autograd.grad(loss, list(xs.values()))
     for name, g64, g32 in zip(values, grads(F64), grads(torch.float32)):

@@ -19,7 +19,7 @@ from nanobrag_torch import kernel
 from nanobrag_torch.cli import config_from_args
 from nanobrag_torch.config import HKLData
 from nanobrag_torch.simulator import Simulator
-from nanobrag_torch.kernel import structure_factor
+from nanobrag_torch.kernel import RunState, structure_factor
 from nanobrag_torch.structure import FGrid, nearest_F, tricubic_F, tricubic_out_of_range
 
 F64 = torch.float64
@@ -465,7 +465,7 @@ def test_tricubic_range_test(h, out):
 
 
 def _interp_plan(grid):
-    return types.SimpleNamespace(fgrid=grid, interpolate=True, interp_state={"active": True, "warning": None})
+    return types.SimpleNamespace(fgrid=grid, interpolate=True)
 
 
 def test_tricubic_out_of_range_switches_off_for_the_rest_of_the_run():
@@ -475,15 +475,19 @@ def test_tricubic_out_of_range_switches_off_for_the_rest_of_the_run():
     plan = _interp_plan(grid)
     hkl = torch.tensor([[0.3, 0.2, -1.4], [1.6, -0.4, 2.2], [3.5, 0.1, 0.2], [0.7, 0.6, 0.4]], dtype=F64)
     hkl0 = torch.ceil(hkl - 0.5)
-    got = npv(structure_factor(vec3(hkl), vec3(hkl0), torch.ones(4, dtype=torch.bool), plan))
+    start = RunState()
+    F, state, pixel = structure_factor(vec3(hkl), vec3(hkl0), torch.ones(4, dtype=torch.bool), plan, start)
+    got = npv(F)
     h0 = npv(hkl0)
     expect = [_cubic_poly(*npv(hkl)[0]), _cubic_poly(*npv(hkl)[1]), _cubic_poly(*h0[2]), _cubic_poly(*h0[3])]
     np.testing.assert_allclose(got, expect, rtol=1e-11)
-    assert plan.interp_state["active"] is False
-    assert plan.interp_state["warning"].startswith("WARNING: out of range for three point interpolation")
+    assert state.interpolating is False and pixel == 2
+    assert state.warning.startswith("WARNING: out of range for three point interpolation")
+    assert start == RunState()                      # the given state is not changed
     # later calls of the same run: nearest neighbour only
-    got = npv(structure_factor(vec3(hkl[:1]), vec3(hkl0[:1]), torch.ones(1, dtype=torch.bool), plan))
-    assert got[0] == _cubic_poly(*h0[0])
+    F, later, pixel = structure_factor(vec3(hkl[:1]), vec3(hkl0[:1]), torch.ones(1, dtype=torch.bool),
+                                       plan, state)
+    assert npv(F)[0] == _cubic_poly(*h0[0]) and later == state and pixel is None
 
 
 def test_tricubic_skipped_evaluations_do_not_switch_off():
@@ -492,8 +496,10 @@ def test_tricubic_skipped_evaluations_do_not_switch_off():
     grid = _grid(_cubic_poly, (-5, -5, -5), (5, 5, 5))
     plan = _interp_plan(grid)
     hkl = torch.tensor([[0.3, 0.2, -1.4], [4.5, 0.0, 0.0], [0.7, 0.6, 0.4]], dtype=F64)
-    got = npv(structure_factor(vec3(hkl), vec3(torch.ceil(hkl - 0.5)), torch.tensor([True, False, True]), plan))
-    assert plan.interp_state["active"] is True
+    F, state, pixel = structure_factor(vec3(hkl), vec3(torch.ceil(hkl - 0.5)),
+                                       torch.tensor([True, False, True]), plan, RunState())
+    got = npv(F)
+    assert state.interpolating is True and pixel is None
     assert got[0] == pytest.approx(_cubic_poly(0.3, 0.2, -1.4), rel=1e-11)
     assert got[2] == pytest.approx(_cubic_poly(0.7, 0.6, 0.4), rel=1e-11)
 
@@ -507,7 +513,7 @@ def sim_of(*args, mode="spec"):
 
 
 def img_of(*args, mode="spec"):
-    return npv(sim_of(*args, mode=mode).run())
+    return npv(sim_of(*args, mode=mode).run().pixels)
 
 
 def mosflm_pixel_P(s, f, js, jf, O, px, dist, Fbeam, Sbeam):
@@ -644,7 +650,7 @@ def _water_cfg(*extra):
 def test_at_bkg_001_water_background_spec_example():
     """AT-BKG-001 / SPEC 5: -water 100 -point_pixel -nopolar, 100 mm, F = 0: the beam-centre pixel
     is r_e² fluence I_bg / steps × 1/R² = 2.2098e19 ([C] max_I = 2.20976e+19)."""
-    img = npv(Simulator(_water_cfg()).run())
+    img = npv(Simulator(_water_cfg()).run().pixels)
     centre = img[16, 16]
     formula = R_E_SQR * FLUENCE * _water_I_bg(100) * (1 / 0.1 ** 2)
     assert centre == pytest.approx(formula, rel=1e-12)
@@ -659,8 +665,8 @@ def test_at_bkg_001_water_background_spec_example():
 
 def test_at_bkg_001_background_divided_by_steps():
     """SPEC 5: I_bg is seeded once per pixel and divided by steps: 2 phi steps halve it."""
-    one = npv(Simulator(_water_cfg()).run())
-    two = npv(Simulator(_water_cfg("-phisteps", 2, "-osc", 1)).run())
+    one = npv(Simulator(_water_cfg()).run().pixels)
+    two = npv(Simulator(_water_cfg("-phisteps", 2, "-osc", 1)).run().pixels)
     np.testing.assert_allclose(two, one / 2, rtol=1e-13)
 
 
@@ -757,7 +763,7 @@ def test_simulator_gradients_match_finite_differences():
         cfg.detector.distance_mm = dist
         cfg.crystal.cell = cell
         cfg.crystal.misset_deg = misset
-        img = Simulator(cfg).run()
+        img = Simulator(cfg).run().pixels
         return img[3, 5] + img[6, 1] + 0.5 * img[0, 7]
 
     d = torch.tensor(50.0, dtype=F64, requires_grad=True)

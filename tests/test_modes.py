@@ -18,7 +18,7 @@ PHI0 = TRI + "-phi 0 -osc 2 -phisteps 4".split()
 
 def render(args, mode, dtype=torch.float64):
     with torch.no_grad():
-        return Simulator(config_from_args(args), mode=mode, dtype=dtype).run().numpy()
+        return Simulator(config_from_args(args), mode=mode, dtype=dtype).run().pixels.numpy()
 
 
 def reference(corpus, case):
@@ -71,7 +71,7 @@ def test_gradient_flows_in_c_parity_mode(run_dir):
 
     def total(cell):
         cfg.crystal.cell = cell
-        return Simulator(cfg, mode="c-parity").run().sum()
+        return Simulator(cfg, mode="c-parity").run().pixels.sum()
 
     cell = cell0.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(total(cell), cell)

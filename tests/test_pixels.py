@@ -50,22 +50,24 @@ def test_pixels_equal_full_image(case, run_dir):
     args, mode, state = CASES[case]
     sim = simulator(args, mode)
     with torch.no_grad():
-        full = sim.run()
-    warning = sim.interpolation_warning
+        image = sim.run()
+    full = image.pixels
     flat = full.reshape(-1)
     idx = torch.cat((random_pixels(flat.numel(), 300, 1), torch.arange(60), torch.tensor([0, 0, 7])))
     for grad in (False, True):
         with torch.set_grad_enabled(grad):
-            values = sim.run(pixels=idx)
+            subset = sim.run(pixels=idx)
+        values = subset.pixels
         assert values.shape == idx.shape and values.dtype == full.dtype
         assert torch.equal(values.detach(), flat[idx])
-        assert sim.interpolation_warning == warning
+        assert subset.warnings == image.warnings
     if state is not None:
-        assert sim._scan_cache[1][:2] == state
+        scan = sim._scan_cache[1]
+        assert (scan.interp_off_rank, scan.first_loop_rank) == state
     # (s, f) pairs select the same pixels
     pairs = torch.stack((idx // 48, idx % 48), dim=1)
     with torch.no_grad():
-        assert torch.equal(sim.run(pixels=pairs), flat[idx])
+        assert torch.equal(sim.run(pixels=pairs).pixels, flat[idx])
 
 
 def test_pixels_mask_and_roi_are_zero(run_dir):
@@ -73,8 +75,8 @@ def test_pixels_mask_and_roi_are_zero(run_dir):
     mask[10:20, 5:30] = 0
     sim = simulator(TRI + "-default_F 100 -N 5 -roi 2 45 1 40".split(), "spec", mask=mask)
     with torch.no_grad():
-        full = sim.run().reshape(-1)
-        values = sim.run(pixels=torch.arange(48 * 48))
+        full = sim.run().pixels.reshape(-1)
+        values = sim.run(pixels=torch.arange(48 * 48)).pixels
     assert torch.equal(values, full)
     s, f = torch.meshgrid(torch.arange(48), torch.arange(48), indexing="ij")
     outside = ((f < 2) | (f > 45) | (s < 1) | (s > 40)).reshape(-1) | torch.from_numpy(mask == 0).reshape(-1)
@@ -91,7 +93,7 @@ def test_pixels_gradients_equal_full_image_gradients(run_dir):
         cell = torch.tensor([50.0, 60, 70, 90, 90, 90], dtype=torch.float64, requires_grad=True)
         dist = torch.tensor(100.0, dtype=torch.float64, requires_grad=True)
         cfg.crystal.cell, cfg.detector.distance_mm = cell, dist
-        values = sim.run(pixels=idx) if use_pixels else sim.run().reshape(-1)[idx]
+        values = sim.run(pixels=idx).pixels if use_pixels else sim.run().pixels.reshape(-1)[idx]
         grads.append(torch.autograd.grad((values * values).sum(), (cell, dist)))
     for a, b in zip(*grads):
         assert torch.allclose(a, b, rtol=1e-12, atol=0)
@@ -102,18 +104,18 @@ def test_pixels_compiled_path(run_dir):
     args = ORTHO_SMALL_HKL + "-dmin 14 -phi 0 -osc 0.5 -phisteps 2".split()
     sim = simulator(args, "c-parity", compile=True)
     with torch.no_grad():
-        full = sim.run().reshape(-1)
+        full = sim.run().pixels.reshape(-1)
         idx = random_pixels(full.numel(), 300, 4)
-        assert torch.equal(sim.run(pixels=idx), full[idx])
+        assert torch.equal(sim.run(pixels=idx).pixels, full[idx])
 
 
 def test_pixels_batch_of_orientations(run_dir):
     cfg = config_from_args(TRI + "-default_F 100 -N 5".split())
     cfg.crystal.misset_deg = torch.tensor([[10.0, 20, 30], [12, 18, 33]], dtype=torch.float64)
     sim = Simulator(cfg)
-    full = sim.run()
+    full = sim.run().pixels
     idx = random_pixels(48 * 48, 100, 5)
-    values = sim.run(pixels=idx)
+    values = sim.run(pixels=idx).pixels
     assert values.shape == (2, 100)
     assert torch.equal(values, full.reshape(2, -1)[:, idx])
 
@@ -124,7 +126,7 @@ def test_pixels_bad_input(run_dir):
                 torch.zeros((2, 3), dtype=torch.int64)):
         with pytest.raises(ConfigError):
             sim.run(pixels=bad)
-    assert sim.run(pixels=torch.zeros(0, dtype=torch.int64)).shape == (0,)
+    assert sim.run(pixels=torch.zeros(0, dtype=torch.int64)).pixels.shape == (0,)
 
 
 def test_config_changes_seen_without_gradients():
@@ -132,8 +134,8 @@ def test_config_changes_seen_without_gradients():
     cfg = config_from_args(TRI + "-default_F 100 -N 5".split())
     sim = Simulator(cfg)
     with torch.no_grad():
-        before = sim.run()
+        before = sim.run().pixels
         cfg.detector.distance_mm = 101.0
-        moved = sim.run()
-        fresh = Simulator(cfg).run()
+        moved = sim.run().pixels
+        fresh = Simulator(cfg).run().pixels
     assert not torch.equal(before, moved) and torch.equal(moved, fresh)

@@ -4,15 +4,28 @@
     cfg = nb.config_from_args(["-cell", "100", "100", "100", "90", "90", "90",
                                "-default_F", "100", "-N", "5", "-lambda", "6.2",
                                "-detpixels", "256"])
-    image = nb.Simulator(cfg).run()      # (spixels, fpixels) photons per pixel
+    image = nb.simulate(cfg)            # an Image; image.pixels: (spixels, fpixels) photons
+    nb.write_smv("image.img", image)    # the command line's files, from Python
 """
 from .cli import config_from_args
 from .config import (BackgroundConfig, BeamConfig, CrystalConfig, DetectorConfig, HKLData,
-                     OutputConfig, SimConfig, SourceList)
-from .errors import ConfigError, UsageError
-from .simulator import Simulator
+                     OutputConfig, SimConfig, SourceList, from_dict, to_dict)
+from .errors import (ConfigConflictError, ConfigError, ConfigTypeError, ConfigValueError,
+                     UsageError)
+from .image import Image, Stats
+from .io.sf import structure_factors
+from .modes import C_PARITY, SPEC, Mode
+from .simulator import Simulator, SuspiciousValueWarning, simulate
+from .validate import validate
+from . import writers
+from .writers import (noise_counts, write_cbf, write_float, write_nexus, write_noise, write_pgm,
+                      write_png, write_smv)
 
-__all__ = ["config_from_args", "Simulator", "SimConfig", "CrystalConfig", "DetectorConfig",
-           "BeamConfig", "BackgroundConfig", "OutputConfig", "HKLData", "SourceList",
-           "ConfigError", "UsageError"]
+__all__ = ["config_from_args", "simulate", "Simulator", "Image", "Stats", "SimConfig",
+           "CrystalConfig", "DetectorConfig", "BeamConfig", "BackgroundConfig", "OutputConfig",
+           "HKLData", "SourceList", "to_dict", "from_dict", "validate", "Mode", "SPEC",
+           "C_PARITY", "write_float", "write_smv", "write_pgm", "write_noise", "noise_counts", "write_cbf",
+           "write_nexus", "write_png",
+           "ConfigError", "ConfigValueError", "ConfigTypeError", "ConfigConflictError",
+           "UsageError", "SuspiciousValueWarning", "structure_factors"]
 __version__ = "0.1.0"

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .config import SimConfig
+from .modes import Mode, get_mode
 from .errors import ConfigError
 from .units import SOURCE_DISTANCE_M
 from .vec import as_tensor, cross, dot, rotate_axis, unitize, value
@@ -30,42 +31,49 @@ class Sources:
     hdiv: tuple = (1, 0.0, 0.0)     # (steps, range, step) radians
     vdiv: tuple = (1, 0.0, 0.0)
     disp: tuple = (1, 0.0, 0.0)     # (steps, range fraction, step fraction)
+    deviations: list | None = None  # generated sources: the kept (hdiv, vdiv) grid points (rad)
 
 
-def step_plan(n, r, s, default_range, range_only_halves=False):
-    """The C's auto-selection of (count, range, step) (SPEC 3.2); unset = negative.
+def step_plan(n, r, s, default_range, range_only_halves=False, *, phi=False):
+    """The C's completion of (count, range, step) from whichever were given (SPEC 3.2, 2.8);
+    unset = negative. Decided on values (step counts are static). Returns (n, range, step).
 
-    Decided on values (step counts are static). Returns (n, range, step).
+    range_only_halves (detector thickness, phi): a range without count or step makes two
+    steps of range/2 (else two points a range apart). phi: the spindle's variant, where a
+    count of 0 means 1, a given count and range make `count` steps of range/count (not
+    points from end to end), a step of exactly 0 is kept and nothing degenerate is reset.
     """
     f = value
-    if n <= 0:
+    if phi and n == 0:
+        n = 1
+    if (n < 0) if phi else (n <= 0):
         if f(r) < 0.0:
             if f(s) <= 0.0:
                 n, r, s = 1, 0.0, 0.0
             else:
                 r, n = s, 2
-        else:
-            if f(s) <= 0.0:
-                if range_only_halves:      # detector thickness: step = range/2
-                    n = 2
-                    s = r / n
-                else:
-                    s, n = r, 2
-            else:
-                n = int(math.ceil(f(r) / f(s)))
-    else:
-        if f(r) < 0.0:
-            if f(s) <= 0.0:
-                r = default_range
+        elif f(s) <= 0.0:
+            if range_only_halves:
+                n = 2
                 s = r / n
             else:
-                r, n = s, 2
+                s, n = r, 2
         else:
-            if f(s) <= 0.0:
-                if n <= 1:
-                    n = 2
-                s = r / (n - 1)
-    if f(r) <= 0.0 or f(s) <= 0.0 or n <= 0:
+            n = int(math.ceil(f(r) / f(s)))
+    elif f(r) < 0.0:
+        if f(s) <= 0.0:
+            r = default_range
+            s = r / n
+        else:
+            r, n = s, 2
+    elif phi:
+        if f(s) < 0.0:
+            s = r / n
+    elif f(s) <= 0.0:
+        if n <= 1:
+            n = 2
+        s = r / (n - 1)
+    if not phi and (f(r) <= 0.0 or f(s) <= 0.0 or n <= 0):
         n, r, s = 1, 0.0, 0.0
     return n, r, s
 
@@ -74,14 +82,25 @@ def _mrad(x):
     return x / 1000.0 if x is not None else -1.0
 
 
+def fluence(cfg: SimConfig):
+    """Photons/m^2: from -flux, -exposure and -beamsize when a flux is given, else -fluence
+    (SPEC 3.6, as the C)."""
+    bm = cfg.beam
+    beamsize_m = bm.beamsize_mm / 1000
+    if value(bm.flux) != 0.0 and bm.exposure_s > 0.0 and beamsize_m > 0:
+        return bm.flux * bm.exposure_s / beamsize_m / beamsize_m
+    return bm.fluence
+
+
 def wavelength_m(cfg: SimConfig, dtype, device) -> torch.Tensor:
     lam = as_tensor(cfg.beam.wavelength_A, dtype, device)
     return lam / 1.0e10
 
 
 def make_sources(cfg: SimConfig, beam_dir: torch.Tensor, polar: torch.Tensor, vert: torch.Tensor,
-                 mode: str, dtype, device) -> Sources:
+                 mode: Mode, dtype, device) -> Sources:
     """Sources from -sourcefile, or the divergence x dispersion grid (SPEC 3.3-3.4)."""
+    mode = get_mode(mode)
     bm = cfg.beam
     lambda0 = wavelength_m(cfg, dtype, device)
     if bm.sources is not None:
@@ -91,30 +110,52 @@ def make_sources(cfg: SimConfig, beam_dir: torch.Tensor, polar: torch.Tensor, ve
     vn, vr, vs = step_plan(bm.vdivsteps or -1, _mrad(bm.vdivrange_mrad), _mrad(bm.vdivstep_mrad), 1.0)
     disp = bm.dispersion_pct / 100.0 if bm.dispersion_pct is not None else 0.0
     dn, dr, ds = step_plan(bm.dispsteps or -1, disp, -1.0, 1.0)
+    return grid_sources((hn, hr, hs), (vn, vr, vs), (dn, dr, ds), bm.round_div, lambda0,
+                        beam_dir, polar, vert, SOURCE_DISTANCE_M, dtype, device)
 
-    # trimming decided in double on the plain numbers, as the C does
-    accepted = []
-    for ih in range(hn):
-        for iv in range(vn):
-            hdiv = value(hs) * ih - value(hr) / 2.0
-            vdiv = value(vs) * iv - value(vr) / 2.0
-            if bm.round_div and _outside_ellipse(hdiv, vdiv, hn, vn, value(hr), value(hs), value(vr), value(vs)):
-                continue
-            accepted.append((ih, iv))
+
+
+def grid_sources(hplan, vplan, dplan, round_div: bool, lambda0, beam_dir: torch.Tensor,
+                 polar: torch.Tensor, vert: torch.Tensor, source_distance_m, dtype, device) -> Sources:
+    """Sources of the divergence x dispersion grid (SPEC 3.3; nonBragg.c alike), ordered
+    (hdiv, vdiv, wavelength).  Plans are step_plan results (steps, range, step) in radians
+    (dispersion: fractions); positions are -source_distance_m * beam rotated about polar by
+    vdiv, then about vert by hdiv."""
+    (hn, hr, hs), (vn, vr, vs), (dn, dr, ds) = hplan, vplan, dplan
+    accepted = divergence_grid(hn, value(hr), value(hs), vn, value(vr), value(vs), round_div)
     if not accepted:
         raise ConfigError("the divergence settings leave no source inside the elliptical trim")
     ih = torch.tensor([a[0] for a in accepted], dtype=dtype, device=device)
     iv = torch.tensor([a[1] for a in accepted], dtype=dtype, device=device)
     hdiv = as_tensor(hs, dtype, device) * ih - as_tensor(hr, dtype, device) / 2.0
     vdiv = as_tensor(vs, dtype, device) * iv - as_tensor(vr, dtype, device) / 2.0
-    start = (-SOURCE_DISTANCE_M * beam_dir).expand(len(accepted), 3)
+    start = (-source_distance_m * beam_dir).expand(len(accepted), 3)
     pos = rotate_axis(rotate_axis(start, polar, vdiv), vert, hdiv)        # (d, 3)
     tics = torch.arange(dn, dtype=dtype, device=device)
-    lam = lambda0 * (1.0 + as_tensor(ds, dtype, device) * tics - as_tensor(dr, dtype, device) / 2.0)
+    lam = as_tensor(lambda0, dtype, device) * (1.0 + as_tensor(ds, dtype, device) * tics
+                                               - as_tensor(dr, dtype, device) / 2.0)
     pos = pos[:, None, :].expand(-1, dn, 3).reshape(-1, 3)
     lam = lam[None, :].expand(len(accepted), dn).reshape(-1)
     incident = -unitize(pos)[0]
-    return Sources(incident, lam, None, pos, len(accepted), (hn, hr, hs), (vn, vr, vs), (dn, dr, ds))
+    return Sources(incident, lam, None, pos, len(accepted), (hn, hr, hs), (vn, vr, vs), (dn, dr, ds),
+                   [(a[2], a[3]) for a in accepted])
+
+
+def divergence_grid(hn, hr, hs, vn, vr, vs, round_div) -> list[tuple]:
+    """The divergence grid points the C keeps, in its order: (ih, iv, hdiv, vdiv) (radians).
+
+    With round_div the grid is trimmed to an ellipse, decided in double on the plain
+    numbers as the C does.
+    """
+    accepted = []
+    for ih in range(hn):
+        for iv in range(vn):
+            hdiv = hs * ih - hr / 2.0
+            vdiv = vs * iv - vr / 2.0
+            if round_div and _outside_ellipse(hdiv, vdiv, hn, vn, hr, hs, vr, vs):
+                continue
+            accepted.append((ih, iv, hdiv, vdiv))
+    return accepted
 
 
 def _outside_ellipse(hdiv, vdiv, hn, vn, hr, hs, vr, vs) -> bool:
@@ -135,7 +176,7 @@ def _file_sources(cfg, beam_dir, lambda0, mode, dtype, device) -> Sources:
     lam = as_tensor(np.asarray(src.wavelength_m, dtype=np.float64), dtype, device)
     lam = torch.where(torch.isnan(lam), lambda0.expand(n), lam)
     weight = None
-    if mode == "spec":
+    if mode.source_weights:
         w = np.asarray(src.weight, dtype=np.float64)
         w = np.where(np.isnan(w), 1.0, w)
         if np.any(w < 0) or not np.any(w > 0):

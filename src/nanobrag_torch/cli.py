@@ -20,28 +20,24 @@ the value converters (one per value), what it sets, and its usage line.
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import os
 import re
-import signal
 import sys
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
-from .config import SimConfig, SourceList
-from .errors import ConfigError, UsageError
+from . import entry, inputs
+from .config import SimConfig
+from .instrument import mm_for_m
+from .errors import ConfigError, FieldError, FileError, FlagError, UsageError
+from .modes import get_mode
+from .units import HC_EV_A
+from .validate import validate
 
 PROG = "nanobrag-torch"
-HC_EV_A = 12398.42            # lambda[A] = 12398.42 / E[eV], as the C
-
-
-class FlagError(ConfigError):
-    """A bad flag, value or flag combination (the CLI exits with status 2)."""
-
-
-class FileError(ConfigError):
-    """An unreadable or malformed input file (the CLI exits with status 1)."""
 
 
 # --------------------------------------------------------------------------
@@ -109,6 +105,12 @@ def FILE(flag: str, text: str) -> str:
     return text
 
 
+def LABEL(flag: str, text: str) -> str:
+    if not text.strip():
+        raise FlagError(f"{flag}: expected a column label, got {text!r}")
+    return text
+
+
 def _choice(*allowed: str, pattern: Optional[str] = None):
     def conv(flag: str, text: str) -> str:
         low = text.lower()
@@ -164,8 +166,23 @@ def _one(vals):
     return vals[0] if len(vals) == 1 else [float(v) for v in vals]
 
 
+def _field(target: str) -> str:
+    """'section.field[i]' -> the config field 'section.field' ('sim.x' -> 'x')."""
+    m = _T.match(target)
+    return m.group(2) if m.group(1) == "sim" else f"{m.group(1)}.{m.group(2)}"
+
+
+def _sets(*fields):
+    """Mark an action with the config fields it sets (for messages naming the flag)."""
+    def mark(act):
+        act.fields = tuple(fields)
+        return act
+    return mark
+
+
 def _set(*targets, cast=None, pivot=None):
     """Store the value (a list for multi-value flags) in every target."""
+    @_sets(*(_field(t) for t in targets))
     def act(st, vals):
         value = _one(vals)
         if cast is not None:
@@ -174,19 +191,24 @@ def _set(*targets, cast=None, pivot=None):
             _put(st.cfg, t, value)
         if pivot:
             st.set_pivot(pivot)
+    act.targets = targets
     return act
 
 
 def _const(target, value):
+    @_sets(_field(target))
     def act(st, vals):
         _put(st.cfg, target, value)
+    act.targets = (target,)
     return act
 
 
 def _all(*acts):
+    @_sets(*(f for a in acts for f in getattr(a, "fields", ())))
     def act(st, vals):
         for a in acts:
             a(st, vals)
+    act.targets = tuple(t for a in acts for t in getattr(a, "targets", ()))
     return act
 
 
@@ -207,6 +229,7 @@ def _pivot(name):
 
 def _convention(name, pivot):
     """-mosflm & co; the C also sets its running pivot (-dials sets BEAM here!)."""
+    @_sets("detector.convention")
     def act(st, vals):
         st.cfg.detector.convention = name
         st.set_pivot(pivot)
@@ -215,6 +238,7 @@ def _convention(name, pivot):
 
 def _custom_vector(target, scale=1.0):
     """Any user vector switches the C to the CUSTOM convention (SPEC 1.8)."""
+    @_sets(_field(target))
     def act(st, vals):
         _put(st.cfg, target, [float(v) * scale for v in vals])
         st.cfg.detector.convention = "CUSTOM"
@@ -229,6 +253,7 @@ def _nonzero_vector(flag, vals):
 def _vector(target, zero_ok=False, scale=1.0):
     base = _custom_vector(target, scale)
 
+    @_sets(_field(target))
     def act(st, vals):
         if not zero_ok:
             _nonzero_vector(st.flag, vals)
@@ -236,12 +261,14 @@ def _vector(target, zero_ok=False, scale=1.0):
     return act
 
 
+@_sets("detector.twotheta_deg")
 def _twotheta(st, vals):
     st.cfg.detector.twotheta_deg = vals[0]
     st.c_twotheta = vals[0]
     st.set_pivot("SAMPLE")
 
 
+@_sets("detector.twotheta_axis")
 def _twotheta_axis(st, vals):
     _nonzero_vector(st.flag, vals)
     _custom_vector("detector.twotheta_axis")(st, vals)
@@ -251,11 +278,13 @@ def _twotheta_axis(st, vals):
     st.c_pivot = "SAMPLE"
 
 
+@_sets("detector.pivot")
 def _explicit_pivot(st, vals):
     st.cfg.detector.pivot = vals[0].upper()
     st.set_pivot(vals[0].upper())
 
 
+@_sets("crystal.cell")
 def _cell(st, vals):
     # a later -cell overwrites only the positions it gives, as the C's a[0], b[0] ...
     for k, v in enumerate(vals):
@@ -263,6 +292,7 @@ def _cell(st, vals):
     st.cell_given = True
 
 
+@_sets("crystal.misset_deg")
 def _misset(st, vals):
     cr = st.cfg.crystal
     if vals == ["random"]:
@@ -273,6 +303,7 @@ def _misset(st, vals):
         st.c_misset = tuple(float(v) for v in vals)
 
 
+@_sets("crystal.misset_seed")
 def _misset_seed(st, vals):
     st.cfg.crystal.misset_seed = vals[0]
     # C quirk (SPEC 8.3 item 3): "-misset" also matches "-misset_seed N A B":
@@ -286,10 +317,12 @@ def _misset_seed(st, vals):
             st.c_misset = tuple(float(c_atof(t)) for t in rest)
 
 
+@_sets("beam.wavelength_A")
 def _energy(st, vals):
     st.cfg.beam.wavelength_A = HC_EV_A / vals[0]
 
 
+@_sets("detector.mu_per_m")
 def _detector_abs(st, vals):
     det = st.cfg.detector
     if vals[0] == 0 or math.isinf(vals[0]):
@@ -299,6 +332,7 @@ def _detector_abs(st, vals):
         det.mu_per_m = 1.0 / (vals[0] * 1e-6)
 
 
+@_sets("detector.roi")
 def _roi(st, vals):
     xmin, xmax, ymin, ymax = vals
     if xmin > xmax or ymin > ymax:
@@ -307,32 +341,38 @@ def _roi(st, vals):
     st.cfg.detector.roi = (xmin, xmax, ymin, ymax)
 
 
+@_sets("output.printout_pixel")
 def _printout_pixel(st, vals):
     st.cfg.output.printout_pixel = (vals[0], vals[1])
     st.cfg.output.printout = True        # the "-printout" pattern matches it too
 
 
+@_sets("output.trace_pixel")
 def _trace_pixel(st, vals):
     st.cfg.output.trace_pixel = (vals[0], vals[1])      # slow, fast
 
 
 def _stol(mult):
+    @_sets("background.stol_table")
     def act(st, vals):
         st.stol = (st.flag, vals[0], mult)
     return act
 
 
-def _remember(attr):
+def _remember(attr, *fields):
     """File flags: remember the name (read after all flags; last one wins)."""
+    @_sets(*fields)
     def act(st, vals):
         setattr(st, attr, (st.flag, vals[0]))
     return act
 
 
+@_sets("oversample")
 def _oversample(st, vals):
     st.cfg.oversample = None if vals[0] <= 0 else vals[0]
 
 
+@_sets("beam.beamsize_mm")
 def _beamsize(st, vals):
     if vals[0] == 0:
         raise FlagError(f"{st.flag}: the beam size must not be 0 (a negative value "
@@ -401,13 +441,20 @@ C, D, B, S, O = "crystal.", "detector.", "beam.", "sim.", "output."
 
 FLAGS: List[Flag] = (
     _g("Crystal and structure factors", [
-        ("-hkl", "FILE", (FILE,), _remember("hkl"),
-         "h k l F text file (P1); without it Fdump.bin is read if present"),
-        ("-dump", "FILE", (FILE,), _set(C + "dump_file"),
+        ("-hkl", "FILE", (FILE,), _remember("hkl", "crystal.hkl"),
+         "h k l F text file (P1), or MTZ / mmCIF structure factors (expanded to P1, "
+         "cell from the file); without it Fdump.bin is read if present"),
+        ("-mtz_column", "LABEL", (LABEL,), _set(C + "mtz_column"),
+         "MTZ column (or mmCIF _refln tag) holding F or I (default: F, FP, FOBS, ..., "
+         "else F(+)/F(-), else sqrt of I, IMEAN, ...)"),
+        ("-model", "FILE", (FILE,), _remember("model", "crystal.hkl"),
+         "atomic model (PDB/mmCIF): F computed by gemmi to the detector's edge or -dmin, "
+         "expanded to P1; cell from the model"),
+        ("-dump", "FILE", (FILE,), _all(_set(C + "dump_file"), _remember("dump")),
          "structure-factor cache file (default Fdump.bin)"),
         ("-default_F", "F", (NUM,), _set(C + "default_F"),
          "F for reflections not in the -hkl file (default 0)"),
-        ("-mat -matrix", "FILE", (FILE,), _remember("mat"),
+        ("-mat -matrix", "FILE", (FILE,), _remember("mat", "crystal.mat"),
          "MOSFLM orientation matrix (reciprocal axes x wavelength)"),
         ("-cell", "A B C AL BE GA", (NONNEG,) * 6, _cell,
          "unit cell (Angstrom, deg); b, c default to a, angles to 90",
@@ -520,6 +567,8 @@ FLAGS: List[Flag] = (
          "render only these pixels (inclusive; fast, then slow)"),
         ("-img", "FILE", (FILE,), _nothing, "take detector and beam values from an SMV header"),
         ("-mask", "FILE", (FILE,), _nothing, "SMV image: pixels that are 0 are not rendered"),
+        ("-detector_json", "FILE", (FILE,), _set(D + "layout_file"),
+         "detector layout file (docs/detectors.md); flags override its values"),
     ])
     + _g("Beam", [
         ("-lambda -wave", "A", (POS,), _set(B + "wavelength_A"), "wavelength (Angstrom, default 1)"),
@@ -542,7 +591,7 @@ FLAGS: List[Flag] = (
          "source points in both directions"),
         ("-round_div", "", (), _const(B + "round_div", True), "trim the divergence grid to an ellipse (default)"),
         ("-square_div", "", (), _const(B + "round_div", False), "full divergence grid"),
-        ("-sourcefile", "FILE", (FILE,), _remember("sourcefile"),
+        ("-sourcefile", "FILE", (FILE,), _remember("sourcefile", "beam.sources"),
          "sources, one per line: X Y Z (m) weight lambda (m)"),
         ("-beam_vector", "X Y Z", (NUM,) * 3, _vector(B + "beam_vector"),
          "beam propagation direction (CUSTOM)"),
@@ -589,6 +638,14 @@ FLAGS: List[Flag] = (
          "8-bit PGM image (default image.pgm)"),
         ("-nonoise", "", (), _const(O + "write_noise", False), "do not write the noise image"),
         ("-nopgm", "", (), _const(O + "write_pgm", False), "do not write the PGM image"),
+        ("-cbffile", "FILE", (FILE,), _set(O + "cbffile"),
+         "miniCBF image of photon counts for DIALS (detector facing the beam; "
+         "name it like image_00001.cbf)"),
+        ("-nexusfile", "FILE", (FILE,), _set(O + "nexusfile"),
+         "NeXus/NXmx image of photon counts with the full geometry (any detector)"),
+        ("-pngfile", "FILE", (FILE,), _set(O + "pngfile"), "PNG preview (inverted grey scale)"),
+        ("-png_scale", "linear|log", (_choice("linear", "log"),), _set(O + "png_scale"),
+         "PNG contrast: linear, clipped at the 99.9th percentile (default), or log"),
         ("-scale", "X", (NUM,), _set(O + "scale"), "scale of the int image (<= 0: 55000/max)"),
         ("-pgmscale", "X", (NUM,), _all(_set(O + "pgmscale"), _const(O + "write_pgm", True)),
          "scale of the PGM image (<= 0: auto)"),
@@ -613,6 +670,10 @@ FLAGS: List[Flag] = (
         ("-pixel_batch_size", "N", (POS_INT,), _set(S + "pixel_batch_size"),
          "pixels per batch (bounds memory)"),
         ("-debug", "", (), _nothing, "show Python tracebacks", dict(hidden=True)),
+        ("-expt", "FILE", (FILE,), _set(S + "expt_file"),
+         "DIALS experiment list: beam, detector, crystal, spindle, scan; flags override it"),
+        ("-expt_image", "K", (POS_INT,), _set(S + "expt_image"),
+         "simulate image K of the -expt scan (default: its first)"),
         ("-version --version", "", (), _nothing, "print the version and exit"),
     ])
     + _g("Not supported", [
@@ -638,6 +699,29 @@ FLAGS: List[Flag] = (
 
 _BY_NAME = {name: flag for flag in FLAGS for name in flag.names}
 assert len(_BY_NAME) == sum(len(f.names) for f in FLAGS), "duplicate flag name"
+
+
+def _check_targets() -> dict:
+    """Every field a flag sets exists in SimConfig (a misspelt target fails at import,
+    not silently at run time); returns field -> the first flag that sets it."""
+    cfg = SimConfig()
+    field_flag = {"detector.mask": "-mask", "crystal.hkl.F": "-hkl"}
+    for flag in FLAGS:
+        for target in getattr(flag.apply, "targets", ()):
+            m = _T.match(target)
+            obj = cfg if m.group(1) == "sim" else getattr(cfg, m.group(1), None)
+            if obj is None or m.group(2) not in {f.name for f in dataclasses.fields(obj)}:
+                raise AssertionError(f"flag {flag.name}: no config field {target!r}")
+        for field in getattr(flag.apply, "fields", ()):
+            section, _, name = field.rpartition(".")
+            obj = getattr(cfg, section) if section else cfg
+            if name not in {f.name for f in dataclasses.fields(obj)}:
+                raise AssertionError(f"flag {flag.name}: no config field {field!r}")
+            field_flag.setdefault(field, flag.name)
+    return field_flag
+
+
+_FIELD_FLAG = _check_targets()
 _HELP = ("-h", "--help", "-help")
 
 
@@ -694,7 +778,9 @@ class _State:
         self.c_pivot = self.pivot
         self.c_twotheta = float(self.cfg.detector.twotheta_deg)
         self.c_misset = None
-        self.hkl = self.mat = self.sourcefile = self.stol = None   # (flag, file[, mult])
+        self.hkl = self.mat = self.sourcefile = self.stol = self.dump = None   # (flag, file[, mult])
+        self.model = None
+        self.implicit_dump = False
         self.mask_file = None
         self.flag = ""
         self.index = -1
@@ -703,17 +789,20 @@ class _State:
         self.pivot = self.c_pivot = name
 
 
-def config_from_args(argv: Sequence[str]) -> SimConfig:
-    """Parse nanoBragg flags (argv without the program name) into a SimConfig.
+def config_from_args(argv: Sequence[str], *, implicit_dump: bool = False) -> SimConfig:
+    """Parse nanoBragg flags (argv without the program name) into a validated SimConfig.
 
-    Reads the input files named by the flags; writes nothing.  Raises
-    `ConfigError` (FlagError / FileError) for bad input and `UsageError` where
-    nanoBragg.c prints its usage and exits 9.
+    Reads the input files named by the flags; writes nothing. implicit_dump: read the
+    structure-factor cache (Fdump.bin, or -dump FILE) when no -hkl is given, as the C
+    and the command line do; the library default reads a dump file only when -dump
+    names it. Raises `ConfigError` (FlagError / FileError) for bad input, naming the
+    flag or file, and `UsageError` where nanoBragg.c prints its usage and exits 9.
     """
     argv = [str(a) for a in argv]
     uses = _tokenize(argv)
     st = _State(argv)
     cfg = st.cfg
+    st.implicit_dump = implicit_dump
 
     # SMV headers first (SPEC 6.7): the mask, then -img, whatever their argv order
     last = {u.flag.name: u for u in uses if u.flag.name in ("-mask", "-img")}
@@ -727,20 +816,45 @@ def config_from_args(argv: Sequence[str]) -> SimConfig:
 
     _finish_crystal(st)
     _finish_quirks(st)
-    _finish_beam(st)
-    _check_detector(st)
     _check_usage(st)
     _read_inputs(st)
+    _validated(st, uses)
+    _check_outputs(st)
     cfg.argv = list(argv)
     cfg.input_files = _input_files(uses, cfg)
     return cfg
 
 
-_INPUT_FLAGS = ("-hkl", "-mat", "-sourcefile", "-stol", "-4stol", "-Q", "-img", "-mask")
+def _validated(st, uses) -> None:
+    """The library's validation, its messages naming the flag the user typed (or the file)."""
+    try:
+        validate(st.cfg)
+    except FieldError as err:
+        if err.field == "detector.mask" and st.mask_file is not None:
+            raise FileError(f"-mask {st.mask_file}: {err.reason}") from err
+        raise FlagError(f"{flag_for_field(err.field, uses)}: {err.reason}") from err
+
+
+def flag_for_field(field: str, uses=()) -> str:
+    """The flag that set a config field: the last one typed, else the table's first."""
+    base = field.split("[")[0]
+    while True:
+        typed = [u.name for u in uses if base in getattr(u.flag.apply, "fields", ())]
+        if typed:
+            return typed[-1]
+        if base in _FIELD_FLAG:
+            return _FIELD_FLAG[base]
+        if "." not in base:
+            return field
+        base = base.rsplit(".", 1)[0]         # 'crystal.hkl.F' -> 'crystal.hkl'
+
+
+_INPUT_FLAGS = ("-hkl", "-model", "-mat", "-sourcefile", "-stol", "-4stol", "-Q", "-img", "-mask",
+                "-expt", "-detector_json")
 
 
 def _input_files(uses, cfg) -> list:
-    """Every file the argv names as an input (outputs may not overwrite any of them)."""
+    """(flag, file) of every file the argv names as an input (no output may overwrite one)."""
     files = [(u.name, u.values[0]) for u in uses if u.flag.name in _INPUT_FLAGS]
     if cfg.crystal.hkl_file is None and cfg.crystal.hkl is not None:
         files.append(("-dump", cfg.crystal.dump_file))     # F read from Fdump.bin
@@ -751,21 +865,13 @@ def _input_files(uses, cfg) -> list:
 # after the flags
 
 def _finish_crystal(st):
+    """-cell takes 1 to 6 numbers: the C's defaults for what it left out or gave as <= 0."""
     if not st.cell_given:
         return
     a, b, c, al, be, ga = st.cell
-    if a <= 0:
-        raise FlagError(f"-cell: the a axis must be > 0, got {a:g}")
-    # the C's defaults for what -cell left out or gave as <= 0
     b = b if b > 0 else a
     c = c if c > 0 else a
     al, be, ga = (x if x > 0 else 90.0 for x in (al, be, ga))
-    for label, x in (("alpha", al), ("beta", be), ("gamma", ga)):
-        if x >= 180:
-            raise FlagError(f"-cell: {label} must be below 180 deg, got {x:g}")
-    ca, cb, cg = (math.cos(math.radians(x)) for x in (al, be, ga))
-    if 1 - ca * ca - cb * cb - cg * cg + 2 * ca * cb * cg <= 0:
-        raise FlagError(f"-cell: the angles {al:g} {be:g} {ga:g} do not form a unit cell")
     st.cfg.crystal.cell = [float(x) for x in (a, b, c, al, be, ga)]
 
 
@@ -779,127 +885,164 @@ def _finish_quirks(st):
     cq.misset = "same" if st.c_misset == spec_misset else st.c_misset
 
 
-def _finish_beam(st):
-    """Fluence from flux and beam clipping of the sample (SPEC 3.6, 2.5), as the C."""
-    beam, size = st.cfg.beam, st.cfg.crystal.sample_size_mm
-    beamsize = beam.beamsize_mm / 1000           # metres, as the C's atof()/1000
-    if beam.flux != 0.0 and beam.exposure_s > 0.0 and beamsize >= 0:
-        beam.fluence = beam.flux * beam.exposure_s / beamsize / beamsize
-    if beamsize >= 0:
-        for k, word in ((1, "high"), (2, "wide")):
-            sample = size[k] / 1000
-            if beamsize < sample:
-                st.cfg.notes.append(f"WARNING: clipping sample ({sample:g} m {word}) "
-                                    f"with beam ({beamsize:g} m)")
-                size[k] = beam.beamsize_mm
-    if beam.exposure_s > 0.0:
-        beam.flux = beam.fluence / beam.exposure_s * beamsize * beamsize   # bookkeeping
-
-
-def _check_detector(st):
-    det, cfg = st.cfg.detector, st.cfg
-    if not det.pixel_size_mm > 0:
-        raise FlagError(f"the pixel size must be > 0 mm, got {det.pixel_size_mm:g}")
-    if not cfg.beam.wavelength_A > 0:
-        raise FlagError(f"the wavelength must be > 0 Angstrom, got {cfg.beam.wavelength_A:g}")
-    nf, ns = det.fpixels, det.spixels
-    for axis, n, flag in (("fast", nf, "-detsize_f"), ("slow", ns, "-detsize_s")):
-        if n <= 0:
-            raise FlagError(f"the detector has {n} pixels along {axis} "
-                            f"(check {flag}/-detsize and -pixel)")
-    if det.roi is not None:
-        xmin, xmax, ymin, ymax = det.roi
-        if xmax >= nf or ymax >= ns:
-            raise FlagError(f"-roi {xmin} {xmax} {ymin} {ymax} is outside the detector "
-                            f"(fast 0..{nf - 1}, slow 0..{ns - 1})")
-    for flag, px, (f, s) in (("-printout_pixel", cfg.output.printout_pixel, (0, 1)),
-                             ("-trace_pixel", cfg.output.trace_pixel, (1, 0))):
-        if px is not None and (px[f] >= nf or px[s] >= ns):
-            raise FlagError(f"{flag} {px[0]} {px[1]} is outside the detector "
-                            f"(fast 0..{nf - 1}, slow 0..{ns - 1})")
-    if det.mask is not None and det.mask.shape != (ns, nf):
-        raise FileError(f"-mask {st.mask_file}: the mask is {det.mask.shape[1]}x"
-                        f"{det.mask.shape[0]} pixels but the detector is {nf}x{ns}")
+def _dump_available(st) -> bool:
+    return (st.implicit_dump or st.dump is not None) and os.path.exists(st.cfg.crystal.dump_file)
 
 
 def _check_usage(st):
     cr = st.cfg.crystal
-    if st.hkl is None and not os.path.exists(cr.dump_file) and cr.default_F == 0:
+    if st.hkl is None and st.model is None and not _dump_available(st) and cr.default_F == 0:
         raise UsageError("ERROR: no hkl file and no dump file to read.")
-    if st.mat is None and not st.cell_given:
+    if st.mat is None and not st.cell_given and not _cell_in_file(st) and st.cfg.expt_file is None:
         raise UsageError("ERROR: no crystal: give -cell a b c alpha beta gamma or -mat FILE.")
 
 
-def _read_file(flag, path, reader, *args, **kw):
-    """Call an io reader; any failure becomes a one-line FileError naming flag and file."""
-    try:
-        return reader(path, *args, **kw)
-    except ConfigError as err:
-        msg = str(err).strip().replace("\n", " ")
-        if path not in msg:
-            msg = f"{path}: {msg}"
-        raise FileError(f"{flag} {msg}") from err
-    except OSError as err:
-        raise FileError(f"{flag} {path}: {err.strerror or err}") from err
-    except (ValueError, IndexError, UnicodeError) as err:
-        raise FileError(f"{flag} {path}: malformed file ({err})") from err
+def _cell_in_file(st) -> bool:
+    """MTZ / mmCIF structure factors (-hkl) and atomic models (-model) carry the cell."""
+    from .io.sf import file_kind
+    if st.model is not None:
+        return True
+    # (a model given to -hkl counts too: reading it then says to use -model)
+    return st.hkl is not None and file_kind(st.hkl[1]) != "text"
 
 
 def _read_inputs(st):
     cfg, cr = st.cfg, st.cfg.crystal
-    strict = cfg.mode == "spec"
+    mode = get_mode(cfg.mode)
+    cfg.inputs_read_as = mode.name
+    if cfg.expt_file is not None or cfg.expt_image is not None or cfg.detector.layout_file is not None:
+        from .experiment import apply_cli
+        apply_cli(st)      # -expt / -detector_json (flags given override the files)
     if st.mat is not None:
-        from .io.matfile import read_mat
         cr.mat_file = st.mat[1]
-        cr.mat = _read_file(*st.mat, read_mat)
-    if st.hkl is not None:
-        from .io.hkl import read_hkl_with_messages
-        cr.hkl_file = st.hkl[1]
-        cr.hkl, messages = _read_file(*st.hkl, read_hkl_with_messages, cr.default_F, strict)
-        cfg.notes.extend(messages)
-    elif os.path.exists(cr.dump_file):
-        from .io.hkl import read_fdump
-        cr.hkl = _read_file("-dump", cr.dump_file, read_fdump, c_quirk=cfg.mode == "c-parity")
+        inputs.read_matrix(cfg, st.mat[0])
+    if st.hkl is not None and st.model is not None:
+        raise FlagError("-hkl and -model both give structure factors: use one of them")
+    if st.hkl is not None or st.model is not None:
+        _read_structure_factors(st, st.hkl or st.model, mode)
+    else:
+        inputs.read_structure_factors(cfg, mode, implicit_dump=st.implicit_dump,
+                                      dump_named=st.dump is not None and os.path.exists(cr.dump_file))
     if st.sourcefile is not None:
-        from .io.sourcefile import read_sourcefile
-        arr = _read_file(*st.sourcefile, read_sourcefile, strict=strict)
-        if len(arr) == 0:
-            raise FileError(f"{st.sourcefile[0]} {st.sourcefile[1]}: no sources in the file")
-        cfg.beam.sources = SourceList(position_m=arr[:, :3].copy(), weight=arr[:, 3].copy(),
-                                      wavelength_m=arr[:, 4].copy())
+        cfg.beam.source_file = st.sourcefile[1]
+        inputs.read_sources(cfg, mode, st.sourcefile[0])
     if st.stol is not None:
-        from .io.stol import read_stol
         flag, path, mult = st.stol
         cfg.background.stol_file = path
-        cfg.background.stol_table = _read_file(flag, path, read_stol, strict=strict)
+        inputs.read_stol(cfg, flag)
         cfg.background.stol_mult = mult
 
 
-def _mm_for_metres(x_m: float) -> float:
-    """A value in mm whose mm/1000 (the simulator's conversion) is exactly x_m."""
-    y = x_m * 1000.0
-    cands = [y]
-    for direction in (math.inf, -math.inf):
-        z = y
-        for _ in range(3):
-            z = math.nextafter(z, direction)
-            cands.append(z)
-    for cand in cands:
-        if cand / 1000.0 == x_m:
-            return cand
-    return y
+def _read_structure_factors(st, flag_file, mode):
+    """-hkl (text, MTZ, mmCIF) or -model: the P1 grid, its messages, the cell when not given."""
+    from .io.sf import file_kind, read_structure_factors
+    cfg, cr = st.cfg, st.cfg.crystal
+    flag, path = flag_file
+    kind = file_kind(path)
+    if flag == "-hkl" and kind in ("pdb", "cif-model"):
+        raise FileError(f"-hkl {path}: an atomic model, not structure factors: "
+                        f"use -model {path}")
+    if flag == "-model" and kind not in ("pdb", "cif-model"):
+        raise FileError(f"-model {path}: not a PDB or mmCIF atomic model"
+                        + (": use -hkl for structure factors" if kind in ("mtz", "cif-sf")
+                           else ""))
+    if cr.mtz_column is not None and kind not in ("mtz", "cif-sf"):
+        raise FlagError(f"-mtz_column {cr.mtz_column}: {path} is not an MTZ or mmCIF "
+                        f"structure-factor file")
+    dmin = None
+    if flag == "-model":
+        dmin = float(cfg.dmin_A) if float(cfg.dmin_A) > 0 else _model_dmin(st, path)
+    cr.hkl_file = path
+    if flag == "-model":
+        cr.model_file = path
+    cr.hkl, messages = inputs.read_file(flag, path, read_structure_factors, column=cr.mtz_column,
+                                        default_F=cr.default_F, dmin_A=dmin,
+                                        strict=mode.strict_hkl_lines, kind=kind)
+    cfg.notes.extend(messages)
+    _cell_from_file(st, path, cr.hkl.cell)
+
+
+def _model_dmin(st, path) -> float:
+    """The resolution F from a model must reach: the detector's edge plus a spot width."""
+    from .io.model import model_cell
+    from .resolution import detector_dmin_A, plus_spot_width
+    cfg = st.cfg
+    cell = cfg.crystal.cell if cfg.crystal.cell is not None else inputs.read_file(
+        "-model", path, model_cell)
+    edge = detector_dmin_A(cfg, cfg.mode)
+    dmin = plus_spot_width(edge, cell, cfg.crystal.n_cells)
+    cfg.notes.append(f"-model: the detector reaches d = {edge:.4g} A; F to {dmin:.4g} A "
+                     f"(one spot width further; -dmin sets it)")
+    return dmin
+
+
+def _cell_from_file(st, path, file_cell):
+    """The file's cell when neither -cell nor -mat gave one; a warning when they disagree."""
+    from .io.sf import cell_mismatch, cell_text
+    cfg, cr = st.cfg, st.cfg.crystal
+    if file_cell is None:
+        return
+    if cr.cell is None and cr.mat is None:
+        cr.cell = [float(x) for x in file_cell]
+        cfg.notes.append(f"cell from {path}: {cell_text(file_cell)}")
+        return
+    if cr.cell is not None:
+        given, src = [float(x) for x in cr.cell], "-cell"
+    else:
+        given, src = _mat_cell(cr.mat, float(cfg.beam.wavelength_A)), f"-mat {cr.mat_file}"
+    if cell_mismatch(given, file_cell):
+        cfg.notes.append(f"WARNING: the cell of {src} ({cell_text(given)}) differs from the "
+                         f"cell in {path} ({cell_text(file_cell)}) by more than 1 %; "
+                         f"using {src.split()[0]}")
+
+
+def _mat_cell(mat, wavelength_A) -> list:
+    """a b c alpha beta gamma of a MOSFLM matrix (columns a*, b*, c* times lambda)."""
+    import numpy as np
+    real = np.linalg.inv(np.asarray(mat, dtype=np.float64) / wavelength_A).T   # columns a, b, c
+    a, b, c = real[:, 0], real[:, 1], real[:, 2]
+    angle = lambda u, v: math.degrees(math.acos(float(u @ v) / float(  # noqa: E731
+        np.linalg.norm(u) * np.linalg.norm(v))))
+    return [float(np.linalg.norm(a)), float(np.linalg.norm(b)), float(np.linalg.norm(c)),
+            angle(b, c), angle(a, c), angle(a, b)]
+
+
+def _check_outputs(st):
+    """Optional packages and geometry limits of the requested image formats, before any run."""
+    from .io._optional import require
+    cfg, o = st.cfg, st.cfg.output
+    if o.cbffile is not None:
+        require("fabio.cbfimage")
+        from .io.cbf import geometry_problem
+        from .io.experiment import from_config
+        problem = geometry_problem(from_config(cfg))
+        if problem is not None:
+            raise FlagError(f"-cbffile {o.cbffile}: miniCBF cannot describe this detector: "
+                            f"{problem}; write NeXus instead (-nexusfile NAME.nxs), which "
+                            f"records any geometry")
+        if not re.search(r"\d\.cbf$", o.cbffile, re.IGNORECASE):
+            cfg.notes.append(f"note: DIALS finds miniCBF images by a numbered name "
+                             f"(image_00001.cbf); {o.cbffile} has no number")
+    if o.nexusfile is not None:
+        require("h5py")
+        require("hdf5plugin")
+        if cfg.detector.curved:
+            raise FlagError(f"-nexusfile {o.nexusfile}: NeXus cannot describe a curved "
+                            f"detector (-curved_det)")
+    if o.pngfile is not None:
+        require("PIL.Image")
 
 
 def _ingest_header(st, flag, path):
     """Detector/beam values from an SMV header, as the C (SPEC 6.7)."""
     from .io.smv import checked_header_value, read_smv
-    smv = _read_file(flag, path, read_smv, data=flag == "-mask")
+    smv = inputs.read_file(flag, path, read_smv)
     cfg, det = st.cfg, st.cfg.detector
 
     def value(key):
         # the C's ValueOf (last occurrence of the substring); garbage, nan, and zero or
         # negative distances and sizes are refused naming the file and key
-        return _read_file(flag, path, lambda p: checked_header_value(p, smv.header, key))
+        return inputs.read_file(flag, path, lambda p: checked_header_value(p, smv.header, key))
 
     det.detpixels = [int(smv.width), int(smv.height)]
     v = value("PIXEL_SIZE")
@@ -918,7 +1061,7 @@ def _ingest_header(st, flag, path):
         if flag == "-mask":
             # C: Ybeam = detsize_s - value/1000 (metres), detsize_s = pixel_size*SIZE2 now
             detsize_s = det.pixel_size_mm / 1000.0 * smv.height
-            det.beam_center_mm[1] = _mm_for_metres(detsize_s - v / 1000.0)
+            det.beam_center_mm[1] = mm_for_m(detsize_s - v / 1000.0)
         else:
             det.beam_center_mm[1] = v
     for key, target in (("ORGX", "detector.org_px[0]"), ("ORGY", "detector.org_px[1]"),
@@ -961,53 +1104,8 @@ def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
 
-_VERSION = ("-version", "--version")
-
-
-class Terminated(BaseException):
-    """SIGTERM, raised in the main thread by the handler main_cli installs."""
-
-
-def _on_sigterm(signum, frame):
-    raise Terminated()
-
-
-class _StdoutError(Exception):
-    """A write to standard output failed (the reader closed the pipe, the disk is full)."""
-
-    def __init__(self, exc: OSError):
-        super().__init__(exc.strerror or str(exc))
-
-
-class _GuardedStdout:
-    """sys.stdout during main: a failing write or flush raises _StdoutError, so it is told
-    apart from a failing output file and reported in one line."""
-
-    def __init__(self, stream):
-        self._stream = stream
-
-    def write(self, text):
-        try:
-            return self._stream.write(text)
-        except OSError as exc:
-            raise _StdoutError(exc) from None
-
-    def flush(self):
-        try:
-            self._stream.flush()
-        except OSError as exc:
-            raise _StdoutError(exc) from None
-
-    def __getattr__(self, name):
-        return getattr(self._stream, name)
-
-
 def _error(message: str) -> None:
-    try:
-        print(f"{PROG}: {message}", file=sys.stderr)
-        sys.stderr.flush()
-    except (OSError, ValueError, AttributeError):
-        pass
+    entry.say_error(PROG, message)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -1015,50 +1113,21 @@ def main(argv: Sequence[str]) -> int:
 
     0 done; 1 a bad file, stdout closed or full, out of memory; 2 a bad flag;
     9 no crystal or structure factors (the C's usage exit); 130 Ctrl-C; 143 SIGTERM
-    (with main_cli's handler). Interrupted or failed runs leave no output files.
+    (with main_cli's handler). Failed or interrupted runs leave no output files
+    (entry.guarded, io.outputs).
     """
     argv = [str(a) for a in argv]
-    if any(a in _HELP for a in argv):
-        sys.stdout.write(usage_text())
-        return 0
-    if any(a in _VERSION for a in argv):
-        from . import __version__
-        print(f"{PROG} {__version__}")
-        return 0
-    if sys.stdout is None:
-        _error("error: standard output is closed (give it a file, e.g. > log.txt or > /dev/null)")
-        return 1
-    stdout = sys.stdout
-    sys.stdout = _GuardedStdout(stdout)
-    try:
-        status = _main(argv, "-debug" in argv)
-        sys.stdout.flush()
-        return status
-    except KeyboardInterrupt as exc:
-        return _interrupted(exc, 130)
-    except Terminated as exc:
-        return _interrupted(exc, 143)
-    except _StdoutError as err:
-        _error(f"error: cannot write to standard output ({err}); no files written")
-        return 1
-    except MemoryError:
-        _error("error: out of memory; no files written")
-        return 1
-    finally:
-        sys.stdout = stdout
-
-
-def _interrupted(exc: BaseException, status: int) -> int:
-    if getattr(exc, "outputs_written", False):
-        _error("interrupted after every output file was complete and written")
-    else:
-        _error("interrupted; no files written")
-    return status
+    return entry.guarded(PROG, lambda: _main(argv, "-debug" in argv))
 
 
 def _main(argv: list, debug: bool) -> int:
+    if any(a in _HELP for a in argv):
+        sys.stdout.write(usage_text())
+        return 0
+    if any(a in entry.VERSION_FLAGS for a in argv):
+        return entry.print_version(PROG)
     try:
-        cfg = config_from_args(argv)
+        cfg = config_from_args(argv, implicit_dump=True)
     except UsageError as err:
         msg = str(err).strip()
         if msg and msg != "usage:":
@@ -1076,27 +1145,12 @@ def _main(argv: list, debug: bool) -> int:
     except ConfigError as err:
         if debug:
             raise
+        if isinstance(err, FieldError):
+            err = FlagError(f"{flag_for_field(err.field)}: {err.reason}")
         _error(f"error: {_one_line(err)}")
         return 2 if isinstance(err, FlagError) else 1
 
 
 def main_cli() -> None:
-    """The console entry point: main() with SIGTERM handled, then a fast exit."""
-    try:
-        signal.signal(signal.SIGTERM, _on_sigterm)
-    except (ValueError, OSError):
-        pass
-    status = main(sys.argv[1:])
-    # every output file is complete by now; skip the interpreter's teardown of
-    # torch (about half a second) by leaving directly, after flushing the streams
-    try:
-        sys.stdout.flush()
-    except (OSError, ValueError, AttributeError) as exc:
-        if status == 0:
-            _error(f"error: cannot write to standard output ({getattr(exc, 'strerror', exc)})")
-            status = 1
-    try:
-        sys.stderr.flush()
-    except (OSError, ValueError, AttributeError):
-        pass
-    os._exit(status)
+    """The console entry point (entry.console_exit: SIGTERM handled, fast exit)."""
+    entry.console_exit(PROG, main)

@@ -63,7 +63,7 @@ def _static_leaves(obj, path=()):
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         out = []
         for f in dataclasses.fields(obj):
-            if f.init and f.name not in ("interp_state", "first_evaluation_done"):
+            if f.init:
                 out += _static_leaves(getattr(obj, f.name), path + (f.name,))
         return out
     return [(path, repr(obj))]
@@ -80,16 +80,18 @@ def _rebuild(obj, values: dict, path=()):
 
 
 class _Exported(torch.nn.Module):
-    """render_pixels with the plan's tensors as positional inputs (what torch.export needs)."""
+    """render_pixels with the plan's tensors as positional inputs (what torch.export needs);
+    the run state is static (compiled kernels run where it no longer changes)."""
 
-    def __init__(self, plan):
+    def __init__(self, plan, state):
         super().__init__()
         self.plan = plan
+        self.state = state
         self.paths = [p for p, _ in _tensor_leaves(plan)]
 
     def forward(self, s_idx, f_idx, *tensors):
         plan = _rebuild(self.plan, dict(zip(self.paths, tensors)))
-        res = kernel.render_pixels(s_idx, f_idx, plan)
+        res = kernel.render_pixels(s_idx, f_idx, plan, self.state)
         return res.value, res.omega_sum
 
 
@@ -104,30 +106,31 @@ def _source_hash() -> str:
 _SOURCE_HASH = _source_hash()
 
 
-def _key(plan, batch: int) -> str:
-    """Cache key: torch version, kernel sources, chunk size and everything static in the plan."""
+def _key(plan, batch: int, state) -> str:
+    """Cache key: torch version, kernel sources, chunk size, the run state and everything
+    static in the plan."""
     h = hashlib.sha256(_SOURCE_HASH.encode())
-    h.update(repr((batch, _static_leaves(plan))).encode())
+    h.update(repr((batch, state.interpolating, state.first_loop_done, _static_leaves(plan))).encode())
     return h.hexdigest()[:32]
 
 
 class AotKernel:
-    """A loaded ahead-of-time kernel for one static plan and chunk size (CPU)."""
+    """A loaded ahead-of-time kernel for one static plan, run state and chunk size (CPU)."""
 
-    def __init__(self, plan, batch: int, key: str):
+    def __init__(self, plan, batch: int, state, key: str):
         self.batch = batch
         path = CACHE_DIR / "aoti" / f"{key}.so"
         if not path.exists():
-            _build(plan, batch, path)
+            _build(plan, batch, state, path)
         self.runner = torch._C._aoti.AOTIModelContainerRunnerCpu(str(path), 1)
 
-    def __call__(self, s_idx, f_idx, plan) -> kernel.ChunkResult:
+    def __call__(self, s_idx, f_idx, plan, state) -> kernel.ChunkResult:
         inputs = [s_idx, f_idx] + [t.contiguous() for _, t in _tensor_leaves(plan)]
         value, omega_sum = self.runner.run(inputs)
-        return kernel.ChunkResult(value, omega_sum)
+        return kernel.ChunkResult(value, omega_sum, state)
 
 
-def _build(plan, batch: int, path: Path) -> None:
+def _build(plan, batch: int, state, path: Path) -> None:
     """Export render_pixels for this plan and compile it to a shared library at path."""
     device = plan.geom.pix0.device
     # distinct tensors (clones): export merges aliased inputs, and the plan shares some
@@ -137,7 +140,7 @@ def _build(plan, batch: int, path: Path) -> None:
     with torch.no_grad(), _wrapper_compiled_alongside(), warnings.catch_warnings():
         # torch's own pickling of its tree specs warns about its own deprecation
         warnings.filterwarnings("ignore", message=".*LeafSpec.*deprecated", category=FutureWarning)
-        program = torch.export.export(_Exported(plan), args, strict=False)
+        program = torch.export.export(_Exported(plan, state), args, strict=False)
         so_path = torch._inductor.aot_compile(program.module(), args, options=AOT_OPTIONS)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -196,15 +199,11 @@ def _wrapper_compiled_alongside():
 _LOADED: dict = {}
 
 
-def aot_kernel(plan, batch: int) -> AotKernel:
-    """The ahead-of-time kernel for this plan and chunk size, built on first use."""
-    cached = getattr(plan, "_aot_kernel", None)
-    if cached is not None and cached.batch == batch:
-        return cached
-    key = _key(plan, batch)
+def aot_kernel(plan, batch: int, state) -> AotKernel:
+    """The ahead-of-time kernel for this plan, state and chunk size, built on first use."""
+    key = _key(plan, batch, state)
     if key not in _LOADED:
-        _LOADED[key] = AotKernel(plan, batch, key)
-    plan._aot_kernel = _LOADED[key]
+        _LOADED[key] = AotKernel(plan, batch, state, key)
     return _LOADED[key]
 
 

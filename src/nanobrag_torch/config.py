@@ -21,10 +21,14 @@ their contents live here: `HKLData`, the -mat matrix, `SourceList`, the mask.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import numpy as np
+import torch
+from torch.autograd import forward_ad
 
 # A float or a tensor (any shape noted in the field comment).
 Value = Any
@@ -49,6 +53,8 @@ class HKLData:
     l_max: int
     hkls: int
     source: str = ""           # file it came from (HKL text or Fdump.bin)
+    cell: Optional[tuple] = None   # (6,) a b c (A) alpha beta gamma (deg) when the file has one
+    spacegroup: str = ""       # the file's space group (F is expanded to P1 in the grid)
 
 
 @dataclass
@@ -90,6 +96,8 @@ class CrystalConfig:
     default_F: Value = 0.0
     hkl: Optional[HKLData] = None      # from -hkl, or Fdump.bin when -hkl is absent
     hkl_file: Optional[str] = None     # the -hkl file (Fdump.bin is written after reading it)
+    mtz_column: Optional[str] = None   # -mtz_column: MTZ label / mmCIF _refln tag; None: default choice
+    model_file: Optional[str] = None   # -model: atomic model F were computed from
     dump_file: str = "Fdump.bin"
     interpolate: Optional[bool] = None  # None: auto (on iff any N <= 2)
 
@@ -121,6 +129,11 @@ class DetectorConfig:
     mu_per_m: Optional[float] = None   # from -detector_abs (1/(depth um * 1e-6)); 0 for inf/0
     roi: Optional[tuple] = None        # (xmin, xmax, ymin, ymax), inclusive pixel indices
     mask: Optional[np.ndarray] = None  # (spixels, fpixels) uint16; zero pixels are skipped
+    layout_file: Optional[str] = None  # -detector_json FILE (docs/detectors.md), applied at parse time
+    panels: Any = None                 # an instrument.Detector of several panels (-expt, -detector_json)
+    panel_offset_m: Value = None       # grad (P, 3) shift of every panel's origin (m)
+    panel_rotation_deg: Value = None   # grad (P, 3) rotation of every panel about lab x, y, z
+                                       # through its centre (deg)
 
     @property
     def fpixels(self) -> int:
@@ -149,7 +162,9 @@ def _detsize(count, size_mm, px_mm):
 def _pixel_count(count, size_mm, px_mm):
     px = px_mm / 1000.0
     size = px * count if count else size_mm / 1000.0
-    return int(np.ceil(size / px - 0.5))
+    n = size / px - 0.5
+    # (validate.py refuses sizes past 2^20 pixels; an absurd one must not overflow here)
+    return int(np.ceil(n)) if np.isfinite(n) and abs(n) < 2 ** 62 else 0
 
 
 @dataclass
@@ -173,6 +188,7 @@ class BeamConfig:
     exposure_s: float = 1.0
     beamsize_mm: float = 0.1
     sources: Optional[SourceList] = None   # from -sourcefile
+    source_file: Optional[str] = None      # the -sourcefile file
 
 
 @dataclass
@@ -199,6 +215,10 @@ class OutputConfig:
     printout_pixel: Optional[tuple] = None   # (f, s)
     progress: bool = True
     trace_pixel: Optional[tuple] = None      # (s, f), port-only
+    cbffile: Optional[str] = None      # -cbffile: miniCBF of photon counts (io.cbf)
+    nexusfile: Optional[str] = None    # -nexusfile: NeXus/NXmx of photon counts (io.nexus)
+    pngfile: Optional[str] = None      # -pngfile: PNG preview (io.png)
+    png_scale: str = "linear"          # -png_scale linear | log
 
 
 @dataclass
@@ -233,6 +253,103 @@ class SimConfig:
     dtype: str = "float64"               # -dtype
     device: str = "cpu"                  # -device cpu | cuda | auto
     pixel_batch_size: Optional[int] = None
+    inputs_read_as: Optional[str] = None  # the mode whose rules read the input files (None: none read)
+    expt_file: Optional[str] = None      # -expt FILE (DIALS experiment list), applied at parse time
+    expt_image: Optional[int] = None     # -expt_image K: the scan image simulated (None: the first)
     argv: list = field(default_factory=list)
     notes: list = field(default_factory=list)   # warnings found while parsing, printed by the CLI
     input_files: list = field(default_factory=list)   # (flag, file) the argv reads (never overwritten)
+
+
+# ------------------------------------------------------------------ utilities
+_NESTED = {"crystal": CrystalConfig, "detector": DetectorConfig, "beam": BeamConfig,
+           "background": BackgroundConfig, "output": OutputConfig, "c_quirks": CQuirks,
+           "hkl": HKLData, "sources": SourceList}
+_TUPLES = {"roi", "printout_pixel", "trace_pixel"}
+
+
+def to_dict(obj) -> Any:
+    """A SimConfig (or any part of it) as nested dicts and lists; arrays and tensors are
+    kept as they are (not copied). `from_dict` inverts it."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(x) for x in obj]
+    return obj
+
+
+def from_dict(data: dict, cls=None) -> Any:
+    """Inverse of to_dict: a SimConfig (or the dataclass cls) from nested dicts."""
+    cls = cls or SimConfig
+    kwargs = {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key, value in data.items():
+        if key not in names:
+            raise KeyError(f"{cls.__name__} has no field {key!r}")
+        if isinstance(value, dict) and key in _NESTED:
+            value = from_dict(value, _NESTED[key])
+        elif isinstance(value, list) and key in _TUPLES:
+            value = tuple(value)
+        elif isinstance(value, list):
+            value = [list(v) if isinstance(v, list) else v for v in value]
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+# not inputs to the continuous setup (the mask is static: it fixes the rendered pixels)
+_FINGERPRINT_SKIP = ("output", "notes", "argv", "mask", "input_files")
+
+
+def fingerprint(obj):
+    """A comparable summary of a config's values (tensors and arrays by content).
+
+    Equal fingerprints mean the same simulation inputs; Simulator.run compares the
+    config's with the one taken at construction to decide whether the static
+    setup still describes it.
+    """
+    if isinstance(obj, torch.Tensor):
+        if forward_ad.unpack_dual(obj).tangent is not None:
+            return ("dual", object())       # forward-mode AD: never equal (always rebuilt)
+        t = obj.detach()
+        if t.numel() <= 64:
+            return ("t", str(t.dtype), tuple(t.shape), tuple(t.reshape(-1).tolist()))
+        data = t.cpu().contiguous().numpy().tobytes()
+        return ("t", str(t.dtype), tuple(t.shape), hashlib.blake2b(data, digest_size=16).digest())
+    if isinstance(obj, np.ndarray):
+        data = np.ascontiguousarray(obj).tobytes()
+        return ("a", str(obj.dtype), obj.shape, hashlib.blake2b(data, digest_size=16).digest())
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return tuple((f.name, fingerprint(getattr(obj, f.name))) for f in dataclasses.fields(obj)
+                     if f.name not in _FINGERPRINT_SKIP)
+    if isinstance(obj, (list, tuple)):
+        return ("l", tuple(fingerprint(x) for x in obj))
+    return obj
+
+
+def _ndim(x) -> int:
+    return x.dim() if isinstance(x, torch.Tensor) else int(np.ndim(x))
+
+
+def orientation_batch(cfg: SimConfig) -> list[SimConfig] | None:
+    """One config per orientation of a batch, or None when the config holds one.
+
+    A batch is crystal.misset_deg of shape (B, 3) and/or crystal.orientation of
+    shape (B, 3, 3) (the same B); each config shares everything else (shallow copies).
+    """
+    from .errors import ConfigConflictError, ConfigValueError
+    cr = cfg.crystal
+    m, u = cr.misset_deg, cr.orientation
+    batched_m = m is not None and _ndim(m) == 2
+    batched_u = u is not None and _ndim(u) == 3
+    if not (batched_m or batched_u):
+        return None
+    n = len(m) if batched_m else len(u)
+    if batched_m and batched_u and len(u) != n:
+        raise ConfigConflictError("crystal.orientation", f"a batch of {len(u)} orientations but "
+                                                         f"{n} missets")
+    if n == 0:
+        raise ConfigValueError("crystal.misset_deg" if batched_m else "crystal.orientation",
+                               "empty batch of orientations")
+    return [dataclasses.replace(cfg, crystal=dataclasses.replace(
+        cr, misset_deg=m[i] if batched_m else m, orientation=u[i] if batched_u else u))
+        for i in range(n)]

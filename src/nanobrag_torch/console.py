@@ -1,9 +1,10 @@
 """The C's console log (SPEC 6.6): same lines and names, so scripts that parse logs keep working."""
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
-from .beam import _outside_ellipse as _trimmed
 from .units import RTD
 from .vec import cross, dot, magnitude
 
@@ -16,10 +17,8 @@ def _g(*xs) -> str:
     return " ".join(f"{float(x):g}" for x in xs)
 
 
-def print_setup(sim, out) -> None:
-    """Everything the C prints before rendering, from the resolved setup."""
-    s = sim.static
-    cfg = sim.config
+def print_setup(s, cfg, out) -> None:
+    """Everything the C prints before rendering, from the resolved setup s (simulator.Setup)."""
     g = s.geom
     lat = s.lattice
     say(out, "nanoBragg nanocrystal diffraction simulator - James Holton and Ken Frankel 5-17-17")
@@ -56,7 +55,7 @@ def print_setup(sim, out) -> None:
     N = [float(x) for x in lat.n_cells]
     say(out, f"crystal is {la * 1e-4 * N[0]:g} x {lb * 1e-4 * N[1]:g} x {lc * 1e-4 * N[2]:g} microns")
     print_oversample_and_mw(s, cfg, g, la, lb, lc, N, out)
-    print_sources_and_rest(sim, out)
+    print_sources_and_rest(s, cfg, out)
 
 
 def print_oversample_and_mw(s, cfg, g, la, lb, lc, N, out):
@@ -79,9 +78,7 @@ def print_oversample_and_mw(s, cfg, g, la, lb, lc, N, out):
         say(out, f"re-reading {cfg.crystal.hkl_file}")
 
 
-def print_sources_and_rest(sim, out):
-    s = sim.static
-    cfg = sim.config
+def print_sources_and_rest(s, cfg, out):
     g = s.geom
     N = [float(x) for x in s.lattice.n_cells]
     for note in s.notes:
@@ -93,14 +90,8 @@ def print_sources_and_rest(sim, out):
         say(out, f"phi{i} = {phi * RTD:g}")
     src = s.sources
     if cfg.beam.sources is None:
-        hn, hr, hs = (float(x) for x in src.hdiv)
-        vn, vr, vs = (float(x) for x in src.vdiv)
-        for ih in range(int(hn)):
-            for iv in range(int(vn)):
-                hdiv, vdiv = hs * ih - hr / 2.0, vs * iv - vr / 2.0
-                if cfg.beam.round_div and _trimmed(hdiv, vdiv, int(hn), int(vn), hr, hs, vr, vs):
-                    continue
-                say(out, f"divergence deviation: {hdiv:g} {vdiv:g}")
+        for hdiv, vdiv in src.deviations:
+            say(out, f"divergence deviation: {hdiv:g} {vdiv:g}")
         dn, dr, ds = src.disp
         lam0 = float(cfg.beam.wavelength_A) / 1e10
         for j in range(dn):
@@ -128,7 +119,7 @@ def print_sources_and_rest(sim, out):
         say(out, "  curved detector: all pixels same distance from origin")
     if g.point_pixel:
         say(out, "  pixel obliquity effect disabled")
-    say(out, f"  incident fluence: {float(cfg.beam.fluence):g} photons/m^2")
+    say(out, f"  incident fluence: {float(s.fluence):g} photons/m^2")
     say(out, f"  distance={float(g.distance):g} detsize={g.detsize_f_m:g}x{g.detsize_s_m:g}  "
              f"pixel={g.pixel_size_m:g} meters ({g.fpixels}x{g.spixels} pixels)")
     say(out, f"  sensor is {float(s.thick_m):g} m thick in {s.thicksteps} layers with mu= {float(s.mu):g}")
@@ -164,3 +155,17 @@ def print_sources_and_rest(sim, out):
         say(out, "\n  noise image paramters:")
         say(out, f"  seed: {-seed if seed is not None else 'time-based'}")
         say(out, f"  water droplet size: {float(cfg.background.water_um) / 1e6:g} m")
+
+
+def progress_printer(stream=None):
+    """A progress callback printing 'NN% done' lines as the C does (every 5 %)."""
+    stream = stream or sys.stdout
+    state = {"last": -1}
+
+    def report(done, total):
+        pct = done * 100 // max(total, 1)
+        step = pct // 5 * 5
+        if step > state["last"]:
+            state["last"] = step
+            print(f"{step}% done", file=stream, flush=True)
+    return report

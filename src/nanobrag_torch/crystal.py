@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
+from .beam import step_plan
 from .config import SimConfig
+from .modes import Mode, get_mode
 from .errors import ConfigError
 from .units import deg_to_rad
 from .vec import as_tensor, cross, dot, magnitude, rotate_axis, rotate_umat, rotate_xyz, value
@@ -39,6 +41,7 @@ class Lattice:
     n_cells: torch.Tensor
     misset_rad: object = None
     random_misset: bool = False
+    steps: dict | None = None     # crystal_lattice(record=True): the intermediates, for -trace_pixel
 
 
 def reciprocal_from_cell(cell: torch.Tensor):
@@ -81,10 +84,11 @@ def _rescale(v, new_mag):
     return (new_mag / old) * v
 
 
-def misset_angles(cfg: SimConfig, mode: str):
+def misset_angles(cfg: SimConfig, mode: Mode):
     """The misset to apply: ('random', None) or (None, (3,) deg) or (None, None)."""
+    mode = get_mode(mode)
     cr = cfg.crystal
-    if mode == "c-parity" and cfg.c_quirks.misset != "same":
+    if not mode.argv_as_given and cfg.c_quirks.misset != "same":
         quirk = cfg.c_quirks.misset
         if quirk == "random":
             return "random", None
@@ -94,9 +98,15 @@ def misset_angles(cfg: SimConfig, mode: str):
     return None, cr.misset_deg
 
 
-def crystal_lattice(cfg: SimConfig, mode: str, wavelength_m: torch.Tensor, dtype, device) -> Lattice:
-    """SPEC 2.1-2.5: cell or -mat, misset, real/reciprocal re-derivation, crystal size."""
+def crystal_lattice(cfg: SimConfig, mode: Mode, wavelength_m: torch.Tensor, dtype, device,
+                    record: bool = False) -> Lattice:
+    """SPEC 2.1-2.5: cell or -mat, misset, real/reciprocal re-derivation, crystal size.
+
+    record: keep the intermediate vectors in Lattice.steps (the C's crystal TRACE lines).
+    """
+    mode = get_mode(mode)
     cr = cfg.crystal
+    steps = {} if record else None
     t = lambda x: as_tensor(x, dtype, device)  # noqa: E731
     if cr.cell is None and cr.mat is None:
         raise ConfigError("no crystal: give -cell a b c alpha beta gamma or -mat FILE")
@@ -109,6 +119,8 @@ def crystal_lattice(cfg: SimConfig, mode: str, wavelength_m: torch.Tensor, dtype
         mat = t(cr.mat)
         scale = 1e-10 / wavelength_m
         a_star, b_star, c_star = mat[:, 0] * scale, mat[:, 1] * scale, mat[:, 2] * scale
+        if record:
+            steps.update(mat=mat, lambda0=wavelength_m, scale=scale, after_wavelength=(a_star, b_star, c_star))
 
     kind, angles = misset_angles(cfg, mode)
     misset_rad = None
@@ -119,9 +131,12 @@ def crystal_lattice(cfg: SimConfig, mode: str, wavelength_m: torch.Tensor, dtype
     elif angles is not None:
         misset_rad = deg_to_rad(t(angles))
     if misset_rad is not None:
+        before = (a_star, b_star, c_star)
         a_star = rotate_xyz(a_star, misset_rad[0], misset_rad[1], misset_rad[2])
         b_star = rotate_xyz(b_star, misset_rad[0], misset_rad[1], misset_rad[2])
         c_star = rotate_xyz(c_star, misset_rad[0], misset_rad[1], misset_rad[2])
+        if record:
+            steps.update(before_misset=before, after_misset=(a_star, b_star, c_star))
     if cr.orientation is not None:
         # API only: a rotation after the misset (the real axes follow through the cross products)
         umat = t(cr.orientation)
@@ -131,6 +146,9 @@ def crystal_lattice(cfg: SimConfig, mode: str, wavelength_m: torch.Tensor, dtype
     b_star_x_c_star = cross(b_star, c_star)
     c_star_x_a_star = cross(c_star, a_star)
     V_star = dot(a_star, b_star_x_c_star)
+    if record:
+        steps.update(reciprocal=(a_star, b_star, c_star), V_star_raw=V_star,
+                     cross=(a_star_x_b_star, b_star_x_c_star, c_star_x_a_star))
     if user_cell:
         b_star_x_c_star = _rescale(b_star_x_c_star, cell[0] / V_cell_user)
         c_star_x_a_star = _rescale(c_star_x_a_star, cell[1] / V_cell_user)
@@ -140,20 +158,38 @@ def crystal_lattice(cfg: SimConfig, mode: str, wavelength_m: torch.Tensor, dtype
     a = V_cell * b_star_x_c_star
     b = V_cell * c_star_x_a_star
     c = V_cell * a_star_x_b_star
+    if record:
+        steps.update(V_cell=V_cell, V_star=V_star, real_A=(a, b, c),
+                     rescaled=(b_star_x_c_star, c_star_x_a_star, a_star_x_b_star),
+                     regen_cross=(cross(b, c), cross(c, a), cross(a, b)))
     a_star = V_star * cross(b, c)
     b_star = V_star * cross(c, a)
     c_star = V_star * cross(a, b)
     a, b, c = 1e-10 * a, 1e-10 * b, 1e-10 * c
 
     n_cells = crystal_size(cfg, a, b, c, dtype, device)
-    return Lattice(a, b, c, a_star, b_star, c_star, V_cell, n_cells, misset_rad, kind == "random")
+    return Lattice(a, b, c, a_star, b_star, c_star, V_cell, n_cells, misset_rad, kind == "random", steps)
+
+
+def sample_size_m(cfg: SimConfig) -> tuple[list, list[str]]:
+    """The crystal's x, y, z size (m; 0: unset) with y and z clipped to the beam size,
+    and the C's warnings about the clipping (SPEC 2.5)."""
+    sizes = [s / 1000.0 for s in cfg.crystal.sample_size_mm]
+    beamsize = cfg.beam.beamsize_mm / 1000           # metres, as the C's atof()/1000
+    notes = []
+    if beamsize >= 0:
+        for k, word in ((1, "high"), (2, "wide")):
+            if beamsize < sizes[k]:
+                notes.append(f"WARNING: clipping sample ({sizes[k]:g} m {word}) with beam ({beamsize:g} m)")
+                sizes[k] = cfg.beam.beamsize_mm / 1000.0
+    return sizes, notes
 
 
 def crystal_size(cfg: SimConfig, a, b, c, dtype, device) -> torch.Tensor:
     """SPEC 2.5: Na Nb Nc from -N/-Na.. or from the sample size, clamped to >= 1."""
     cr = cfg.crystal
     n = as_tensor(cr.n_cells, dtype, device)
-    sizes = [s / 1000.0 for s in cr.sample_size_mm]
+    sizes = sample_size_m(cfg)[0]
     axes = (a, b, c)
     n = torch.stack([torch.ceil(sizes[i] / magnitude(axes[i])) if sizes[i] > 0 else n[i]
                      for i in range(3)])
@@ -174,29 +210,9 @@ def phi_plan(cfg: SimConfig) -> PhiPlan:
     osc = deg_to_rad(cr.osc_deg) if cr.osc_deg is not None else -1.0
     phistep = deg_to_rad(cr.phistep_deg) if cr.phistep_deg is not None else -1.0
     steps = cr.phisteps if cr.phisteps is not None else -1
-    val = value   # step counts are static: decide on values
-    if steps < 0:
-        if val(osc) < 0.0:
-            if val(phistep) <= 0.0:
-                steps, osc, phistep = 1, 0.0, 0.0
-            else:
-                osc, steps = phistep, 2
-        else:
-            if val(phistep) <= 0.0:
-                steps, phistep = 2, osc / 2.0
-            else:
-                steps = int(math.ceil(val(osc) / val(phistep)))
-    else:
-        if steps == 0:
-            steps = 1
-        if val(osc) < 0.0:
-            if val(phistep) <= 0.0:
-                osc = 1.0 / (180.0 * (1.0 / math.pi))
-                phistep = osc / steps
-            else:
-                osc, steps = phistep, 2
-        elif val(phistep) < 0.0:
-            phistep = osc / steps
+    # an oscillation without steps or step size: 1 degree (the C's 1/RTD)
+    steps, osc, phistep = step_plan(steps, osc, phistep, 1.0 / (180.0 * (1.0 / math.pi)),
+                                    range_only_halves=True, phi=True)
     return PhiPlan(deg_to_rad(cr.phi_deg), phistep, steps, osc)
 
 
@@ -241,12 +257,13 @@ def umat_from_axis_angle(v: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
     return torch.stack(rows, -2)
 
 
-def mosaic_umats(domains: int, spread_deg, seed: int, dtype, device) -> torch.Tensor:
+def mosaic_umats(domains: int, spread_deg, seed: int, dtype, device, smooth: bool = True) -> torch.Tensor:
     """(M, 3, 3) domain rotations from the C generator; domain 0 is the identity.
 
-    The angle is float32(float32(spread) * g) as in the C (the product is done
-    in float32). d/d(spread) is that of the unrounded spread * g, in dtype
-    (the rounding enters as a constant correction: the value stays the C's).
+    smooth (spec mode): the angle is spread * g in dtype, a smooth function of the
+    spread. Otherwise float32(float32(spread) * g) as in the C (the product is done
+    in float32), with d/d(spread) that of the unrounded spread * g (the rounding
+    enters as a constant correction: the value stays the C's).
     """
     eye = torch.eye(3, dtype=dtype, device=device)
     if domains <= 1:
@@ -256,6 +273,9 @@ def mosaic_umats(domains: int, spread_deg, seed: int, dtype, device) -> torch.Te
     axes, g, _ = rng.mosaic_domains(domains, 1.0, seed)     # the draws do not depend on the spread
     axes = torch.as_tensor(axes, dtype=dtype, device=device)
     g = torch.as_tensor(g, dtype=torch.float32, device=device)
+    if smooth:
+        rot = spread_rad * g.to(dtype)
+        return torch.cat((eye[None], umat_from_axis_angle(axes, rot)[1:]), dim=0)
     rot = (spread_rad.to(torch.float32) * g).to(dtype)
     if spread_rad.requires_grad:
         # x + (y - x) == y exactly for y the float32 rounding of x (Sterbenz: y - x is exact)
@@ -310,3 +330,32 @@ def rotated_cells(lat: Lattice, spindle: torch.Tensor, phis: torch.Tensor, umats
         index = torch.tensor([len(phis) if j < 0 else j for j in phi_steps_used], device=abcp.device)
         abcp = with_unrotated.index_select(0, index)
     return rotate_umat(abcp[:, None, :, :], umats[None, :, None, :, :])
+
+
+def rotated_cell_set(lat: Lattice, spindle: torch.Tensor, phi: PhiPlan, domains: int, spread_deg,
+                     seed: int, mode: Mode, dtype, device):
+    """(R, 3, 3) cells for every (phi step, mosaic domain), phi major, and c-parity's cells
+    of the run's very first phi loop (None where they are the same or in spec mode)."""
+    mode = get_mode(mode)
+    umats = mosaic_umats(domains, spread_deg, seed, dtype, device, smooth=mode.smooth_mosaic_angles)
+    phis = phi_angles(phi, dtype, device)
+    if mode.fresh_phi_rotation:
+        return rotated_cells(lat, spindle, phis, umats).reshape(-1, 3, 3), None
+    # C-PARITY-001: where phi == 0 the C reuses the last rotation it computed
+    values = [value(x) for x in phis]
+    carried = carried_phi_steps(values, first_loop=False)
+    first = carried_phi_steps(values, first_loop=True)
+    cells = rotated_cells(lat, spindle, phis, umats, carried).reshape(-1, 3, 3)
+    if first == carried:
+        return cells, None
+    return cells, rotated_cells(lat, spindle, phis, umats, first).reshape(-1, 3, 3)
+
+
+def oversampling(cfg, lattice, geom, lambda0) -> tuple[int, int]:
+    """SPEC 2.9: (oversampling used, recommended) from crystal size and reciprocal pixel size."""
+    sizes = [value(magnitude(v) * n) for v, n in
+             zip((lattice.a, lattice.b, lattice.c), lattice.n_cells)]
+    reciprocal_pixel = value(lambda0) * value(geom.distance) / geom.pixel_size_m
+    recommended = max(1, math.ceil(3.0 * max(sizes) / reciprocal_pixel))
+    over = cfg.oversample
+    return (recommended if over is None or over <= 0 else over), recommended

@@ -8,11 +8,14 @@ C's order of evaluation step by step (SPEC 1.4-1.8).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 
+from .beam import step_plan
 from .config import SimConfig
+from .modes import Mode, get_mode
 from .errors import ConfigError
 from .units import deg_to_rad
 from .vec import as_tensor, cross, dot, rotate_axis, rotate_xyz, unitize
@@ -77,6 +80,34 @@ class DetectorGeometry:
     curved: bool
     point_pixel: bool
     vectors: LabVectors
+    panels: "PanelStack | None" = None   # a detector of several panels (see detector_panels)
+
+
+@dataclass
+class PanelStack:
+    """P panels as rows of one tall detector: the stacked pixel row s_idx = p * spixels + s.
+
+    fdet, sdet, odet, pix0: (P, 3) lab frame (m); pixel_size_m, close_distance (pix0 . odet),
+    thickstep (sensor layer, m) and mu (1/m): (P,); spixels, fpixels: rows and columns of
+    every panel's block (the largest panel's; smaller panels leave pixels unrendered).
+    """
+    fdet: torch.Tensor
+    sdet: torch.Tensor
+    odet: torch.Tensor
+    pix0: torch.Tensor
+    pixel_size_m: torch.Tensor
+    close_distance: torch.Tensor
+    thickstep: torch.Tensor
+    mu: torch.Tensor
+    spixels: int
+    fpixels: int
+
+    @property
+    def count(self) -> int:
+        return self.fdet.shape[0]
+
+    def panel_of(self, s_idx: torch.Tensor) -> torch.Tensor:
+        return torch.div(s_idx, self.spixels, rounding_mode="floor")
 
 
 def _vector(user, default, dtype, device):
@@ -110,21 +141,23 @@ def lab_vectors(cfg: SimConfig, dtype, device) -> LabVectors:
     return LabVectors(beam, fdet, sdet, odet_unit, axis, polar, spindle, vert, regenerate)
 
 
-def choose_pivot(cfg: SimConfig, mode: str) -> str:
+def choose_pivot(cfg: SimConfig, mode: Mode | str) -> str:
     """SPEC 1.7: a named convention forces its pivot; spec mode honours an explicit -pivot."""
+    mode = get_mode(mode)
     det = cfg.detector
-    if mode == "spec" and det.pivot is not None:
+    if mode.explicit_pivot and det.pivot is not None:
         return det.pivot.upper()
     if det.convention in CONVENTION_PIVOT:
         return CONVENTION_PIVOT[det.convention]
     running = det.pivot_from_flags
-    if mode == "c-parity" and cfg.c_quirks.pivot_from_flags is not None:
+    if not mode.argv_as_given and cfg.c_quirks.pivot_from_flags is not None:
         running = cfg.c_quirks.pivot_from_flags
     return running.upper()
 
 
-def twotheta_deg(cfg: SimConfig, mode: str):
-    if mode == "c-parity" and cfg.c_quirks.twotheta_deg is not None:
+def twotheta_deg(cfg: SimConfig, mode: Mode):
+    mode = get_mode(mode)
+    if not mode.argv_as_given and cfg.c_quirks.twotheta_deg is not None:
         return cfg.c_quirks.twotheta_deg
     return cfg.detector.twotheta_deg
 
@@ -133,8 +166,9 @@ def _mm(x, dtype, device):
     return as_tensor(x, dtype, device) / 1000.0
 
 
-def detector_geometry(cfg: SimConfig, mode: str, dtype, device) -> DetectorGeometry:
+def detector_geometry(cfg: SimConfig, mode: Mode, dtype, device) -> DetectorGeometry:
     """SPEC 1.4-1.6 in the C's order: beam centres, convention, pivot, rotations, pix0."""
+    mode = get_mode(mode)
     det = cfg.detector
     px = det.pixel_size_mm / 1000.0
     fpixels, spixels = det.fpixels, det.spixels
@@ -202,7 +236,7 @@ def detector_geometry(cfg: SimConfig, mode: str, dtype, device) -> DetectorGeome
     odet = rotate_axis(rotate_xyz(odet, rotx, roty, rotz), axis, twotheta)
     if pivot == "BEAM":
         pix0 = -Fbeam * fdet - Sbeam * sdet + distance * beam
-    if mode == "spec" and det.pix0_vector_m is not None:
+    if mode.pix0_vector and det.pix0_vector_m is not None:
         # spec mode places the first pixel where the user said (the C ignores the value)
         pix0 = as_tensor(det.pix0_vector_m, dtype, device)
 
@@ -214,7 +248,7 @@ def detector_geometry(cfg: SimConfig, mode: str, dtype, device) -> DetectorGeome
     Fbeam = dot(fdet, R)
     Sbeam = dot(sdet, R)
     distance = close_distance / ratio
-    if mode == "spec" and det.pix0_vector_m is not None:
+    if mode.pix0_vector and det.pix0_vector_m is not None:
         Xbeam, Ybeam = _header_centre_from_beam(conv, Fbeam, Sbeam, px, detsize_s)
     orgx_out = Fclose / px + 0.5
     orgy_out = Sclose / px + 0.5
@@ -254,17 +288,30 @@ def pixel_positions(geom: DetectorGeometry, s_idx: torch.Tensor, f_idx: torch.Te
 
 def pixel_position_components(geom: DetectorGeometry, s_idx: torch.Tensor, f_idx: torch.Tensor,
                               oversample: int, odet_offsets: torch.Tensor) -> tuple:
-    """pixel_positions as separate x, y, z tensors (n, T, O, O) (contiguous: vectorises)."""
+    """pixel_positions as separate x, y, z tensors (n, T, O, O) (contiguous: vectorises).
+
+    With several panels, s_idx is the stacked row p * spixels + s and every pixel takes its
+    panel's vectors and pixel size (the same arithmetic as for one panel, so a panel placed
+    where a single-panel detector is gives its pixels bit for bit).
+    """
     dtype = geom.pix0.dtype
-    sub = geom.pixel_size_m / oversample
     k = torch.arange(oversample, dtype=dtype, device=s_idx.device)
+    pn = geom.panels
+    if pn is None:
+        sub = geom.pixel_size_m / oversample
+        fdet, sdet, odet, pix0 = geom.fdet, geom.sdet, geom.odet, geom.pix0
+    else:
+        p = pn.panel_of(s_idx)
+        s_idx = s_idx - p * pn.spixels
+        sub = (pn.pixel_size_m[p] / oversample)[:, None]                        # (n, 1)
+        fdet, sdet, odet, pix0 = (v[p].T[:, :, None, None, None] for v in (pn.fdet, pn.sdet, pn.odet, pn.pix0))
     Fdet = sub * (f_idx.to(dtype)[:, None] * oversample + k) + sub / 2.0      # (n, O)
     Sdet = sub * (s_idx.to(dtype)[:, None] * oversample + k) + sub / 2.0
     Fdet = Fdet[:, None, None, :]
     Sdet = Sdet[:, None, :, None]
-    Odet = odet_offsets[None, :, None, None]
-    P = tuple(Fdet * geom.fdet[i] + Sdet * geom.sdet[i] + Odet * geom.odet[i] + geom.pix0[i]
-              for i in range(3))
+    # layer offsets along odet: (T,), or (P, T) for panels of different sensor thickness
+    Odet = odet_offsets[None, :, None, None] if odet_offsets.dim() == 1 else odet_offsets[p][:, :, None, None]
+    P = tuple(Fdet * fdet[i] + Sdet * sdet[i] + Odet * odet[i] + pix0[i] for i in range(3))
     if geom.curved:
         P = curve(torch.stack(P, -1), geom).unbind(-1)
     return P
@@ -276,3 +323,89 @@ def curve(P: torch.Tensor, geom: DetectorGeometry) -> torch.Tensor:
     start = (dist * geom.beam).expand(P.shape)
     tmp = rotate_axis(start, geom.sdet, P[..., 1] / dist)
     return rotate_axis(tmp, geom.fdet, P[..., 2] / dist)
+
+
+def sensor_layers(cfg):
+    """SPEC 1.10: (layers, thickness m, layer step m, mu 1/m, notes) of the sensor."""
+    det = cfg.detector
+    notes = []
+    n, thick, step = step_plan(det.thicksteps or -1, det.thickness_um * 1e-6, -1.0, 0.5e-6,
+                                        range_only_halves=True)
+    mu = det.mu_per_m if det.mu_per_m is not None else -1.0
+    if thick > 0.0 and mu < 0.0:
+        mu = 1.0 / thick
+        notes.append(f"WARNING: setting detector attenuation depth to {mu:g} m")
+    return n, thick, step, mu, notes
+
+
+def rendered_pixels(cfg, geom, dev):
+    """The pixels the C renders (inside the ROI, not masked), in raster order.
+
+    Several panels: rows of the stacked detector (panel after panel); the ROI applies to
+    every panel's own pixel indices, the mask is (P, S, F) or (P*S, F), and a panel smaller
+    than the largest leaves the rest of its block unrendered.
+    """
+    det = cfg.detector
+    fp, sp = geom.fpixels, geom.spixels
+    xmin, xmax, ymin, ymax = det.roi if det.roi is not None else (0, fp, 0, sp)
+    s = torch.arange(sp, device=dev)[:, None]
+    f = torch.arange(fp, device=dev)[None, :]
+    if geom.panels is not None:
+        rows = geom.panels.spixels
+        sizes = torch.tensor([p.size_px for p in det.panels], device=dev)     # (P, 2) fast, slow
+        p = s // rows
+        s = s - p * rows
+        keep = (f < sizes[p, 0]) & (s < sizes[p, 1])
+    else:
+        keep = torch.ones((sp, fp), dtype=torch.bool, device=dev)
+    keep = keep & (f >= xmin) & (f <= xmax) & (s >= ymin) & (s <= ymax)
+    if det.mask is not None:
+        keep = keep & (torch.as_tensor(np.asarray(det.mask), device=dev).reshape(sp, fp) != 0)
+    flat = torch.nonzero(keep.reshape(-1))[:, 0]
+    return flat // fp, flat % fp, (xmin, xmax, ymin, ymax)
+
+
+def detector_panels(cfg: SimConfig, mode: Mode | str, dtype, device):
+    """(the detector's geometry, one geometry per panel, per-panel sensor layers).
+
+    One panel (cfg.detector.panels None): detector_geometry. Several (an
+    instrument.Detector in cfg.detector.panels): each panel placed as a single-panel
+    detector of its own (its header geometry), stacked for the kernel (PanelStack),
+    with cfg.detector.panel_offset_m (P, 3) and panel_rotation_deg (P, 3) (small rotations
+    about lab x, y, z through each panel's centre) applied: both may be tensors with
+    requires_grad (panel-geometry refinement).
+    """
+    det = cfg.detector
+    if det.panels is None:
+        g = detector_geometry(cfg, mode, dtype, device)
+        return g, [g], [sensor_layers(cfg)]
+    from .experiment import panel_config
+    from .instrument import panel_tensors
+    configs = [panel_config(cfg, i) for i in range(len(det.panels))]
+    # every panel is where the model puts it, in both modes (the C has no such detector)
+    placed = replace(get_mode(mode), pix0_vector=True)
+    geoms = [detector_geometry(c, placed, dtype, device) for c in configs]
+    layers = [sensor_layers(c) for c in configs]
+    if len({(n, thick > 0) for n, thick, *_ in layers}) > 1:
+        raise ConfigError("detector.panels: every panel needs the same sensor layer count, and a "
+                          "thickness on all panels or on none")
+    t = lambda x: as_tensor(x, dtype, device)  # noqa: E731
+    # the model's own vectors (a panel's header geometry may differ from them in the last bit)
+    vectors = panel_tensors(det.panels, dtype, device)
+    fdet, sdet, odet, pix0 = (vectors[k] for k in ("fdet", "sdet", "odet", "pix0"))
+    px = t([g.pixel_size_m for g in geoms])
+    S, F = max(g.spixels for g in geoms), max(g.fpixels for g in geoms)
+    if det.panel_rotation_deg is not None:
+        rot = deg_to_rad(t(det.panel_rotation_deg))
+        sizes = t([[g.fpixels, g.spixels] for g in geoms])
+        centre = pix0 + 0.5 * (sizes[:, :1] * px[:, None] * fdet + sizes[:, 1:] * px[:, None] * sdet)
+        turn = lambda v: rotate_xyz(v, rot[:, 0], rot[:, 1], rot[:, 2])  # noqa: E731
+        fdet, sdet, odet = turn(fdet), turn(sdet), turn(odet)
+        pix0 = centre + turn(pix0 - centre)
+    if det.panel_offset_m is not None:
+        pix0 = pix0 + t(det.panel_offset_m)
+    stack = PanelStack(fdet, sdet, odet, pix0, px, dot(pix0, odet), t([lay[2] for lay in layers]),
+                       t([lay[3] if lay[1] > 0 else 0.0 for lay in layers]), S, F)
+    whole = replace(geoms[0], fpixels=F, spixels=S * len(geoms), panels=stack,
+                    distance=torch.stack([g.distance for g in geoms]).min())
+    return whole, geoms, layers

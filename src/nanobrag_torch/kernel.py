@@ -17,7 +17,7 @@ separate x, y, z tensors (contiguous arrays vectorise; (..., 3) ones do not).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -63,8 +63,6 @@ class KernelPlan:
     first_incident: torch.Tensor | None = None   # (3,) source of the held polarisation when
                                                  # `incident` is a slice of the sources
     dtype: torch.dtype = torch.float64   # dtype of the lattice/structure-factor arithmetic
-    interp_state: dict = field(default_factory=lambda: {"active": True, "warning": None})
-    first_evaluation_done: bool = False
 
     def __post_init__(self):
         # components of every cell as contiguous (R,) arrays: [i, j] is component j of axis i
@@ -86,10 +84,25 @@ class KernelPlan:
         d = self.dmin
         return bool((d > 0).any()) if isinstance(d, torch.Tensor) else d > 0
 
-    def needs_c_order(self) -> bool:
+    def needs_c_order(self, state: "RunState") -> bool:
         """Paths that depend on the C's evaluation order (they run eagerly)."""
-        return (self.running_product or (self.interpolate and self.interp_state["active"])
-                or (self.cells_first is not None and not self.first_evaluation_done))
+        return (self.running_product or (self.interpolate and state.interpolating)
+                or (self.cells_first is not None and not state.first_loop_done))
+
+
+@dataclass(frozen=True)
+class RunState:
+    """The C's state that carries from pixel to pixel through one image, in its loop order.
+
+    interpolating: tricubic interpolation is still on (it goes off for good at the run's
+        first out-of-range lookup, SPEC 4.3); warning: the C's message at that switch.
+    first_loop_done: c-parity's first phi loop, which starts from the unrotated cell
+        (C-PARITY-001), has happened.
+    The kernel takes a state and returns the next one; it changes nothing it is given.
+    """
+    interpolating: bool = True
+    first_loop_done: bool = False
+    warning: str | None = None
 
 
 # ----------------------------------------------------------------- lattice transform
@@ -250,56 +263,67 @@ def miller_indices(q: Vec3, cells: torch.Tensor) -> Vec3:
                  for i in range(3))
 
 
-def structure_factor(hkl: Vec3, hkl0: Vec3, evaluated: torch.Tensor | None, plan: KernelPlan) -> torch.Tensor:
+def structure_factor(hkl: Vec3, hkl0: Vec3, evaluated: torch.Tensor | None, plan: KernelPlan,
+                     state: RunState) -> tuple[torch.Tensor, RunState, int | None]:
     """F_cell for every evaluation (arrays in the C's order); tricubic until the run's
-    first out-of-range evaluation, nearest-neighbour from it on (SPEC 4.3)."""
+    first out-of-range evaluation, nearest-neighbour from it on (SPEC 4.3).
+
+    Returns (F_cell, the state after these evaluations, the chunk-relative pixel where
+    interpolation went off or None)."""
     grid = plan.fgrid
     F_nn = nearest_F(grid, hkl0)
-    state = plan.interp_state
-    if not (plan.interpolate and state["active"]):
-        return F_nn
+    if not (plan.interpolate and state.interpolating):
+        return F_nn, state, None
     oor = tricubic_out_of_range(grid, hkl)
     if evaluated is not None:
         oor = oor & evaluated
     F_tri = tricubic_F(grid, hkl).to(F_nn.dtype)
     flat = oor.reshape(-1)
     if not bool(flat.any()):
-        return F_tri
+        return F_tri, state, None
     first = int(torch.nonzero(flat)[0, 0])
     before = (torch.arange(flat.numel(), device=flat.device) < first).reshape(oor.shape)
-    state["active"] = False
-    state["pixel"] = first // (flat.numel() // oor.shape[0])     # chunk-relative pixel of the switch
     h = [float(x.detach().reshape(-1)[first]) for x in hkl]
     h0 = [int(x.reshape(-1)[first]) for x in hkl0]
-    state["warning"] = (
-        "WARNING: out of range for three point interpolation: h,k,l,h0,k0,l0: "
-        f"{h[0]:g},{h[1]:g},{h[2]:g},{h0[0]},{h0[1]},{h0[2]} \n"
-        "WARNING: further warnings will not be printed! ")
-    return torch.where(before, F_tri, F_nn)
+    warning = ("WARNING: out of range for three point interpolation: h,k,l,h0,k0,l0: "
+               f"{h[0]:g},{h[1]:g},{h[2]:g},{h0[0]},{h0[1]},{h0[2]} \n"
+               "WARNING: further warnings will not be printed! ")
+    pixel = first // (flat.numel() // oor.shape[0])
+    return torch.where(before, F_tri, F_nn), replace(state, interpolating=False, warning=warning), pixel
 
 
 # ----------------------------------------------------------------- per subpixel
-def solid_angle(airpath: torch.Tensor, geom: DetectorGeometry) -> torch.Tensor:
-    """Pixel solid angle (SPEC 1.9): px^2/R^2 * close_distance/R, or 1/R^2 for -point_pixel."""
+def solid_angle(airpath: torch.Tensor, geom: DetectorGeometry, p=None) -> torch.Tensor:
+    """Pixel solid angle (SPEC 1.9): px^2/R^2 * close_distance/R, or 1/R^2 for -point_pixel.
+    p: (n,) panel of each pixel (several panels: each has its pixel size and distance)."""
     if geom.point_pixel:
         return 1.0 / airpath / airpath
-    px = geom.pixel_size_m
-    return px * px / airpath / airpath * geom.close_distance / airpath
+    if p is None:
+        px = geom.pixel_size_m
+        return px * px / airpath / airpath * geom.close_distance / airpath
+    px, close = (v[p].reshape((-1,) + (1,) * (airpath.dim() - 1))
+                 for v in (geom.panels.pixel_size_m, geom.panels.close_distance))
+    # (float / tensor is reciprocal-then-multiply in torch: the same operations as above)
+    return torch.reciprocal(airpath) * (px * px) / airpath * close / airpath
 
 
-def capture_fraction(d: Vec3, geom: DetectorGeometry, plan: KernelPlan) -> torch.Tensor:
+def capture_fraction(d: Vec3, geom: DetectorGeometry, plan: KernelPlan, p=None) -> torch.Tensor:
     """Fraction of photons absorbed in each sensor layer (n, T, O, O) (AT-ABS-001)."""
-    parallax = d[0] * geom.odet[0] + d[1] * geom.odet[1] + d[2] * geom.odet[2]
-    t = torch.arange(plan.odet_offsets.shape[0], dtype=parallax.dtype,
+    odet, step, mu = geom.odet, plan.thickstep, plan.mu
+    if p is not None:
+        pn = geom.panels
+        odet = pn.odet[p].T[:, :, None, None, None]
+        step, mu = (v[p][:, None, None, None] for v in (pn.thickstep, pn.mu))
+    parallax = d[0] * odet[0] + d[1] * odet[1] + d[2] * odet[2]
+    t = torch.arange(plan.odet_offsets.shape[-1], dtype=parallax.dtype,
                      device=parallax.device)[None, :, None, None]
-    return (torch.exp(-t * plan.thickstep * plan.mu / parallax)
-            - torch.exp(-(t + 1) * plan.thickstep * plan.mu / parallax))
+    return (torch.exp(-t * step * mu / parallax)
+            - torch.exp(-(t + 1) * step * mu / parallax))
 
 
 def scattering_vectors(d: Vec3, plan: KernelPlan) -> Vec3:
     """q = (d - i)/lambda (1/m) per (group = pixel x layer x subpixel x source): (n, Gp) each."""
     n = d[0].shape[0]
-    S = plan.incident.shape[0]
     inc, lam = plan.incident, plan.wavelength
     return tuple(((d[i].reshape(n, -1, 1) - inc[:, i]) / lam).reshape(n, -1) for i in range(3))
 
@@ -310,50 +334,65 @@ def culled_by_dmin(q: Vec3, plan: KernelPlan) -> torch.Tensor:
     return (stol > 0) & (plan.dmin > 0.5 / torch.where(stol > 0, stol, torch.ones_like(stol)))
 
 
-@dataclass
+@dataclass(frozen=True)
 class ChunkResult:
-    value: torch.Tensor       # (n,) pixel values before float32 rounding
-    omega_sum: torch.Tensor   # (n,) per pixel, the solid angles the C adds to omega_sum
+    """One kernel call's result.
+
+    value: (n,) pixel values before float32 rounding; omega_sum: (n,) per pixel, the
+    solid angles the C adds to its omega_sum; state: the run state after these pixels;
+    interp_off_pixel / first_loop_pixel: the chunk-relative pixel where interpolation
+    went off / where c-parity's first phi loop happened (None: not in this chunk);
+    record: the intermediates in the C's order (render_pixels(record=True)), else None.
+    """
+    value: torch.Tensor
+    omega_sum: torch.Tensor
+    state: RunState = RunState()
+    interp_off_pixel: int | None = None
+    first_loop_pixel: int | None = None
+    record: dict | None = None
 
 
 def render_pixels(s_idx: torch.Tensor, f_idx: torch.Tensor, plan: KernelPlan,
-                  record: dict | None = None, c_order: bool | None = None) -> ChunkResult:
+                  state: RunState = RunState(), record: bool = False,
+                  c_order: bool | None = None) -> ChunkResult:
     """Pixel values (n,) for pixels (s_idx, f_idx): SPEC 4.1 vectorised.
 
     The evaluations form an (n, Gs, S, R) array (Gs = T*O*O subpixels and
     layers, S sources, R rotated cells, in the C's order), laid out with its
     longest axis innermost so that the compiled loop vectorises along it.
-    record: if a dict, the intermediates are stored in it in the C's order
-    (for -trace_pixel). c_order: force the C's (n, Gs, S, R) layout on or off
-    (None: as the plan's state needs; Simulator.run(pixels=) reproduces the
-    layout a pixel had in the full image, which fixes the summation order).
+    state: the run state on reaching these pixels (RunState); the result holds the next.
+    record: keep the intermediates, in the C's order, in the result (for -trace_pixel).
+    c_order: force the C's (n, Gs, S, R) layout on or off (None: as the state needs;
+    run(pixels=) reproduces the layout a pixel had in the full image, which fixes the
+    summation order).
     """
     geom = plan.geom
     P = pixel_position_components(geom, s_idx, f_idx, plan.oversample, plan.odet_offsets)  # (n, T, O, O)
+    panel = None if geom.panels is None else geom.panels.panel_of(s_idx)
     airpath = torch.sqrt(P[0] * P[0] + P[1] * P[1] + P[2] * P[2])
     inv_path = 1.0 / airpath
     d = tuple(x * inv_path for x in P)                                  # diffracted unit vectors
     n, Gs = s_idx.shape[0], airpath[0].numel()
-    every_subpixel = record is not None or plan.running_product
+    every_subpixel = record or plan.running_product
     if every_subpixel:
-        omega = solid_angle(airpath, geom)
-        capture = capture_fraction(d, geom, plan) if plan.thick else torch.ones_like(omega)
+        omega = solid_angle(airpath, geom, panel)
+        capture = capture_fraction(d, geom, plan, panel) if plan.thick else torch.ones_like(omega)
     else:
         # the C holds these at one subpixel: omega at the first, capture at the last
         # layer's first (SPEC 4.1); computing only those keeps divisions off the hot loop
-        omega = solid_angle(airpath[:, :1, :1, :1], geom)
-        capture = (capture_fraction(tuple(x[:, :, :1, :1] for x in d), geom, plan)[:, -1:]
+        omega = solid_angle(airpath[:, :1, :1, :1], geom, panel)
+        capture = (capture_fraction(tuple(x[:, :, :1, :1] for x in d), geom, plan, panel)[:, -1:]
                    if plan.thick else torch.ones_like(omega))
     S, R = plan.incident.shape[0], plan.cells.shape[0]
     Gp = Gs * S
-    q = scattering_vectors(d, plan) if (plan.culling or record is not None) else None   # (n, Gp)
+    q = scattering_vectors(d, plan) if (plan.culling or record) else None   # (n, Gp)
     culled = culled_by_dmin(q, plan) if plan.culling else None
     polar = None
     if plan.oversample_polar or not plan.nopolar:
         polar = _polarization(d, plan, all_groups=plan.oversample_polar or culled is not None)
 
-    if c_order is None or record is not None:
-        c_order = record is not None or plan.needs_c_order()
+    if c_order is None or record:
+        c_order = record or plan.needs_c_order(state)
     sizes = {"g": Gs, "s": S, "r": R}
     order = ("g", "s", "r") if c_order else tuple(sorted(sizes, key=lambda a: sizes[a]))
     perm = (0,) + tuple(1 + "gsr".index(a) for a in order)
@@ -368,9 +407,12 @@ def render_pixels(s_idx: torch.Tensor, f_idx: torch.Tensor, plan: KernelPlan,
                 - lay(plan.source_terms[i].reshape(1, 1, S, R)) for i in range(3))
     if c_order:
         hkl = tuple(x.reshape(n, Gp, R) for x in hkl)
-        if plan.cells_first is not None and not plan.first_evaluation_done:
-            q = q if q is not None else scattering_vectors(d, plan)
-            hkl = _first_phi_loop(hkl, tuple(x[:, :, None] for x in q), culled, plan)
+    first_loop_pixel = None
+    if c_order and plan.cells_first is not None and not state.first_loop_done:
+        q = q if q is not None else scattering_vectors(d, plan)
+        hkl, first_loop_pixel = _first_phi_loop(hkl, tuple(x[:, :, None] for x in q), culled, plan)
+        if first_loop_pixel is not None:
+            state = replace(state, first_loop_done=True)
     hkl0 = tuple(torch.ceil(x - 0.5) for x in hkl)
     F_latt = lattice_factor(hkl, tuple((x - x0).to(plan.dtype) for x, x0 in zip(hkl, hkl0)), plan)
 
@@ -381,7 +423,7 @@ def render_pixels(s_idx: torch.Tensor, f_idx: torch.Tensor, plan: KernelPlan,
             evaluated = evaluated & ~culled[:, :, None]
         if not plan.water:
             evaluated = evaluated & (F_latt != 0)
-    F_cell = structure_factor(hkl, hkl0, evaluated, plan)
+    F_cell, state, interp_off_pixel = structure_factor(hkl, hkl0, evaluated, plan, state)
     term = F_cell * F_cell * F_latt * F_latt
     group_weight = _group_weight(plan, culled, n, Gs, S, term.dtype)
     if group_weight is not None:
@@ -410,13 +452,14 @@ def render_pixels(s_idx: torch.Tensor, f_idx: torch.Tensor, plan: KernelPlan,
         omega_sum = omega[:, 0, 0, 0] * Gs
     else:
         omega_sum = omega.reshape(n, -1).sum(dim=1)
-    if record is not None:
-        record.update(P=torch.stack(P, -1), airpath=airpath, d=torch.stack(d, -1), omega=omega,
-                      capture=capture, q=torch.stack(q, -1), culled=culled,
-                      hkl=torch.stack(hkl, -1), hkl0=torch.stack(hkl0, -1), F_latt=F_latt,
-                      F_cell=F_cell, term=term, evaluated=evaluated, polar=polar,
-                      held_polar=held_polar, I=I, value=value)
-    return ChunkResult(value, omega_sum)
+    recorded = None
+    if record:
+        recorded = dict(P=torch.stack(P, -1), airpath=airpath, d=torch.stack(d, -1), omega=omega,
+                        capture=capture, q=torch.stack(q, -1), culled=culled,
+                        hkl=torch.stack(hkl, -1), hkl0=torch.stack(hkl0, -1), F_latt=F_latt,
+                        F_cell=F_cell, term=term, evaluated=evaluated, polar=polar,
+                        held_polar=held_polar, I=I, value=value)
+    return ChunkResult(value, omega_sum, state, interp_off_pixel, first_loop_pixel, recorded)
 
 
 def _polarization(d: Vec3, plan: KernelPlan, all_groups: bool) -> torch.Tensor:
@@ -441,21 +484,20 @@ def _group_weight(plan: KernelPlan, culled, n, Gs, S, dtype):
     return weight
 
 
-def _first_phi_loop(hkl: Vec3, qe: Vec3, culled, plan: KernelPlan) -> Vec3:
+def _first_phi_loop(hkl: Vec3, qe: Vec3, culled, plan: KernelPlan) -> tuple[Vec3, int | None]:
     """C-PARITY-001: the run's first phi loop (first rendered pixel, layer, subpixel and
-    unculled source) starts from the unrotated cell; swap its Miller indices in."""
+    unculled source) starts from the unrotated cell; swap its Miller indices in.
+    Returns (hkl, chunk-relative pixel of that loop or None when every group is culled)."""
     n, Gp = qe[0].shape[:2]
     alive = torch.ones((n, Gp), dtype=torch.bool, device=qe[0].device) if culled is None else ~culled
     flat = alive.reshape(-1)
     if not bool(flat.any()):
-        return hkl
-    plan.first_evaluation_done = True
+        return hkl, None
     index = torch.argmax(flat.to(torch.int8))
-    plan.first_evaluation_pixel = int(index) // Gp       # chunk-relative (not a dataclass field)
     first = (torch.arange(flat.numel(), device=flat.device) == index)
     first = first.reshape(n, Gp, 1)
     first_hkl = miller_indices(qe, plan.cells_first)
-    return tuple(torch.where(first, a, b) for a, b in zip(first_hkl, hkl))
+    return tuple(torch.where(first, a, b) for a, b in zip(first_hkl, hkl)), int(index) // Gp
 
 
 def _held_polar(polar, culled, plan: KernelPlan, n: int) -> torch.Tensor:

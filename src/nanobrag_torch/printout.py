@@ -12,31 +12,31 @@ import math
 
 import torch
 
-from .kernel import render_pixels
+from .kernel import RunState, render_pixels
 
 CHUNK = 256          # pixels per recording pass: the record holds every evaluation
 
 
-def print_pixels(sim, out) -> None:
-    """Print the C's -printout block for the requested pixels of the last run."""
-    setup = sim.last_setup
-    cfg = sim.config
+def print_pixels(image, out) -> None:
+    """Print the C's -printout block for the requested pixels of an Image."""
+    setup = image.setup
+    cfg = image.config
     s_all, f_all = setup.pixels_s, setup.pixels_f
     if cfg.output.printout_pixel is not None:
         f_want, s_want = cfg.output.printout_pixel
         keep = (s_all == s_want) & (f_all == f_want)
         s_all, f_all = s_all[keep], f_all[keep]
-    image = sim.last_image
+    pixels = image.pixels
     lambda0 = float(cfg.beam.wavelength_A)
+    # the sticky run state is settled by the full run; record with it as it ended
+    state = image.state if image.state is not None else RunState()
     with torch.no_grad():
         for start in range(0, s_all.numel(), CHUNK):
             s_idx, f_idx = s_all[start:start + CHUNK], f_all[start:start + CHUNK]
-            rec = {}
-            # the sticky run state is settled by the full run; record with it as it ended
-            render_pixels(s_idx, f_idx, setup.plan, record=rec)
+            rec = render_pixels(s_idx, f_idx, setup.plan, state, record=True).record
             for i in range(s_idx.numel()):
                 # the C prints the stored float32 pixel
-                pixel = float(image[s_idx[i], f_idx[i]].to(torch.float32))
+                pixel = float(pixels[s_idx[i], f_idx[i]].to(torch.float32))
                 _print_one(out, rec, i, int(s_idx[i]), int(f_idx[i]), pixel, setup, lambda0)
 
 

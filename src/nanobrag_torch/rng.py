@@ -37,6 +37,7 @@ __all__ = [
     "Ran1", "c_seed", "mosaic_draw", "umat_from_axis_angle", "mosaic_rotation_umat",
     "mosaic_domains", "umat2misset", "random_misset_rad", "gammln", "gammln_np",
     "CNoise", "poidev", "gaussdev", "powf", "f32", "fma64", "fmaf", "fma64_np", "fmaf_np",
+    "Ran1Pointer",
 ]
 
 # ----------------------------------------------------------------------------------------
@@ -367,6 +368,33 @@ class Ran1:
         return u
 
 
+class Ran1Pointer:
+    """A second seed variable (``long *idum``) on the statics of a ``Ran1``.
+
+    The C's ran1 keeps its shuffle table ``iv`` and ``iy`` as function statics,
+    one set for every seed pointer: noisify draws its calibration deviates with
+    ``ran1(&calib_seed)`` between ``ran1(&seed)`` calls, both reading and
+    writing the same table (SUITE 3).  ``Ran1Pointer(shared, idum)`` is such a
+    pointer: ``next()`` advances its own idum through ``shared``'s table.
+    """
+
+    __slots__ = ("shared", "idum")
+
+    def __init__(self, shared: Ran1, idum: int):
+        self.shared = shared
+        self.idum = int(idum)
+
+    def next(self) -> float:
+        s = self.shared
+        own = s.idum
+        s.idum = self.idum
+        try:
+            return s.next()
+        finally:
+            self.idum = s.idum
+            s.idum = own
+
+
 # ----------------------------------------------------------------------------------------
 # mosaic_rotation_umat and umat2misset
 
@@ -602,12 +630,16 @@ class CNoise:
         self.iset = 0
         self.gset = 0.0
 
-    def gaussdev(self) -> float:
-        """Unit-rms Gaussian deviate (polar Box-Muller in float32, spare kept)."""
+    def gaussdev(self, rng=None) -> float:
+        """Unit-rms Gaussian deviate (polar Box-Muller in float32, spare kept).
+
+        rng: another seed pointer (e.g. a ``Ran1Pointer``) to draw from; the
+        spare deviate is shared by every pointer, as the C's statics are.
+        """
         if self.iset:
             self.iset = 0
             return self.gset
-        ran1 = self.rng.next
+        ran1 = (rng or self.rng).next
         while True:
             v1 = f32(2.0 * ran1() - 1.0)
             v2 = f32(2.0 * ran1() - 1.0)

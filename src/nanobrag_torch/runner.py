@@ -1,192 +1,151 @@
 """The command-line run: simulate, print the C's log, write the image files.
 
-Every output path is checked before the run (io.outputs.OutputSet: folder,
-permissions, not an input, not twice); each file is staged under a temporary
-name and all are renamed into place only when every one is complete and the
-log is flushed, so a failed or interrupted run leaves no new or changed file.
+Every file the run writes (the image files, one per panel for several panels,
+CBF, NeXus, PNG and the Fdump.bin cache) is checked before the run
+(io.outputs.OutputSet: folder, permissions, name length, not an input, not
+twice); the writers stage each file under a temporary name and all are put in
+place only when every one is complete and the log is flushed, so a failed or
+interrupted run leaves no new file and no changed file.
 """
 from __future__ import annotations
 
 import sys
-import time
-from dataclasses import dataclass
+import warnings
 
 import numpy as np
 import torch
 
-from . import console
+from . import console, writers
 from .config import SimConfig
-from .simulator import Simulator, progress_printer
-from .units import RTD
+from .errors import ConfigError
+from .image import panel_path
+from .io.outputs import OutputSet
+from .simulator import Simulator, SuspiciousValueWarning
 
 
-@dataclass
-class Stats:
-    """Image statistics as the C computes them (SPEC 6.6), from the float32 pixels."""
-    max_I: float
-    max_I_x: float
-    max_I_y: float
-    mean: float
-    rms: float
-    rmsd: float
-    n: int
+_INPUT_FIELDS = (("-hkl", "crystal.hkl_file"), ("-model", "crystal.model_file"),
+                 ("-mat", "crystal.mat_file"), ("-sourcefile", "beam.source_file"),
+                 ("-stol", "background.stol_file"), ("-expt", "expt_file"),
+                 ("-detector_json", "detector.layout_file"))
 
 
-def image_stats(img32: np.ndarray, rendered: np.ndarray, roi_mask: np.ndarray, oversample: int,
-                pixel_size_m: float) -> Stats:
-    """max/mean/rms over rendered pixels, rmsd over the ROI (mask ignored), raster order."""
-    everything = bool(rendered.all())
-    vals32 = img32.ravel() if everything else img32[rendered]
-    n = vals32.size
-    max_I, max_x, max_y = 0.0, 0.0, 0.0
-    if n and vals32.max() > 0.0:
-        # first of equal maxima in raster order, as the C's strict '>'
-        k = int(np.argmax(img32 if everything else np.where(rendered, img32, -np.inf)))
-        s, f = divmod(k, img32.shape[1])
-        sub = pixel_size_m / oversample
-        # the C reports the position of the pixel's last subpixel
-        max_I = float(img32.flat[k])
-        max_x = sub * (f * oversample + oversample - 1) + sub / 2.0
-        max_y = sub * (s * oversample + oversample - 1) + sub / 2.0
-    total = float(np.sum(vals32, dtype=np.float64))
-    with np.errstate(over="ignore", invalid="ignore"):
-        sumsqr = float(np.sum(vals32 * vals32, dtype=np.float64))    # the C squares in float32
-    sumn = n if n > 0 else 1
-    mean = total / sumn
-    sumn = n if n > 1 else 2
-    rms = float(np.sqrt(sumsqr / (sumn - 1)))
-    roi_vals = (img32.ravel() if roi_mask.all() else img32[roi_mask]).astype(np.float64)
-    m = roi_vals.size if roi_vals.size > 1 else 2
-    rmsd = float(np.sqrt(np.sum((roi_vals - mean) ** 2) / (m - 1)))
-    return Stats(max_I, max_x, max_y, mean, rms, rmsd, n)
+def output_set(cfg: SimConfig, panels: int = 1) -> OutputSet:
+    """The files a run of cfg writes and the files it reads (which no output may be).
 
-
-def int_image(img32: np.ndarray, roi_mask: np.ndarray, scale: float, adc: float) -> np.ndarray:
-    """SMV counts: floorf(float*scale + adc + 0.5) clamped to [0, 65535] on ROI pixels (SPEC 6.2)."""
-    v = img32.astype(np.float64) * scale + adc
-    v = np.clip(v, 0.0, 65535.0)
-    counts = np.floor((v + 0.5).astype(np.float32))      # floorf: the double is rounded to float first
-    return np.where(roi_mask, counts, 0).astype(np.uint16)
-
-
-def pgm_image(img32: np.ndarray, roi_mask: np.ndarray, scale: float) -> np.ndarray:
-    v = np.minimum(img32.astype(np.float64) * scale, 255.0)
-    return np.where(roi_mask, np.trunc(v), 0).astype(np.uint8)
-
-
-def smv_header(sim: Simulator) -> list:
-    """The C's SMV header keys and values (SPEC 6.2), in order."""
-    setup = sim.last_setup
-    g = setup.geom
-    cfg = sim.config
-    f = lambda t: float(t)  # noqa: E731
-    px = g.pixel_size_m
-    phi0 = f(setup.phi.phi0_rad) * RTD
-    return [
-        ("HEADER_BYTES", 512), ("DIM", 2), ("BYTE_ORDER", "little_endian"), ("TYPE", "unsigned_short"),
-        ("SIZE1", g.fpixels), ("SIZE2", g.spixels), ("PIXEL_SIZE", px * 1000.0),
-        ("DISTANCE", f(g.distance) * 1000.0), ("WAVELENGTH", f(cfg.beam.wavelength_A) / 1e10 * 1e10),
-        ("BEAM_CENTER_X", f(g.Xbeam) * 1000.0), ("BEAM_CENTER_Y", f(g.Ybeam) * 1000),
-        ("ADXV_CENTER_X", f(g.Fbeam) * 1000.0), ("ADXV_CENTER_Y", (g.detsize_s_m - f(g.Sbeam)) * 1000),
-        ("MOSFLM_CENTER_X", (f(g.Sbeam) - 0.5 * px) * 1000.0),
-        ("MOSFLM_CENTER_Y", (f(g.Fbeam) - 0.5 * px) * 1000),
-        ("DENZO_X_BEAM", f(g.Sbeam) * 1000.0), ("DENZO_Y_BEAM", f(g.Fbeam) * 1000),
-        ("DIALS_ORIGIN", tuple(float(x) for x in g.dials_origin_mm)),
-        ("XDS_ORGX", f(g.orgx)), ("XDS_ORGY", f(g.orgy)),
-        ("CLOSE_DISTANCE", f(g.close_distance) * 1000.0),
-        ("PHI", phi0), ("OSC_START", phi0), ("OSC_RANGE", f(setup.phi.osc_rad) * RTD),
-        ("TWOTHETA", f(g.twotheta_rad) * RTD), ("DETECTOR_SN", "000"), ("BEAMLINE", "fake"),
-    ]
-
-
-def output_set(cfg: SimConfig):
-    """The run's outputs (the image files; Fdump.bin, optional, after reading -hkl) and inputs."""
-    from .io.outputs import OutputSet
+    panels > 1: one float/SMV/PGM/noise/CBF file per panel (name_p00.img, ...);
+    NeXus and PNG stay one file. The Fdump.bin cache, written after reading a
+    structure-factor file, is optional (the C only warns when it cannot write it).
+    """
     o, cr = cfg.output, cfg.crystal
-    paths = [("-floatfile", o.floatfile), ("-intfile", o.intfile),
-             ("-pgmfile", o.pgmfile) if o.write_pgm else None,
-             ("-noisefile", o.noisefile) if o.write_noise else None]
-    inputs = list(cfg.input_files) + [cr.hkl_file, cr.mat_file, cfg.background.stol_file,
-                                      getattr(cr.hkl, "source", None) or None]
+    each = ((lambda path: [panel_path(path, i) for i in range(panels)]) if panels > 1
+            else (lambda path: [path]))
+    files = [("-floatfile", o.floatfile), ("-intfile", o.intfile)]
+    files += [("-pgmfile", o.pgmfile)] if o.write_pgm else []
+    files += [("-noisefile", o.noisefile)] if o.write_noise else []
+    files += [("-cbffile", o.cbffile)] if o.cbffile is not None else []
+    paths = [(flag, p) for flag, path in files for p in each(path)]
+    paths += [(flag, path) for flag, path in (("-nexusfile", o.nexusfile), ("-pngfile", o.pngfile))
+              if path is not None]
+    inputs = list(cfg.input_files)
+    for flag, field in _INPUT_FIELDS:
+        obj = cfg
+        for name in field.split("."):
+            obj = getattr(obj, name)
+        inputs.append((flag, obj))
+    if cr.hkl_file is None and cr.hkl is not None and cr.hkl.source == cr.dump_file:
+        inputs.append(("-dump", cr.dump_file))          # F read from the cache
     dump = [("-dump", cr.dump_file)] if cr.hkl_file is not None else []
     return OutputSet(paths, inputs=inputs, optional=dump)
 
 
 def run(cfg: SimConfig, out=None) -> int:
-    """Run the simulation described by cfg as the CLI does; returns the exit status."""
-    outputs = output_set(cfg)
-    outputs.check()                       # before anything is computed
-    with outputs.staged() as stage:
-        _run(cfg, out or sys.stdout, stage)
-        (out or sys.stdout).flush()       # a closed or full stdout fails the run before commit
+    """Run the simulation described by cfg as the CLI does; returns the exit status.
+
+    The outputs are checked before anything is computed (ConfigError naming the
+    flag and file) and appear together, complete, when the run ends normally.
+    """
+    out = out or sys.stdout
+    for note in cfg.notes:
+        print(note, file=out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SuspiciousValueWarning)
+        sim = Simulator(cfg)
+    panel_geoms = sim.static.panel_geoms
+    outputs = output_set(cfg, 1 if panel_geoms is None else len(panel_geoms))
+    outputs.check()
+    with outputs.staged():
+        _run(cfg, sim, out)
+        out.flush()          # a closed or full stdout fails the run before anything is put in place
     return 0
 
 
-def _run(cfg: SimConfig, out, stage) -> None:
+def _run(cfg: SimConfig, sim: Simulator, out) -> None:
     from . import io
-    dtype = torch.float32 if cfg.dtype == "float32" else torch.float64
-    for note in cfg.notes:
-        print(note, file=out)
-    sim = Simulator(cfg, mode=cfg.mode, dtype=dtype, device=cfg.device)
-    console.print_setup(sim, out)
+    for warning in sim.warnings:      # legal but suspicious values: once, on stderr
+        print(f"nanobrag-torch: warning: {warning}", file=sys.stderr)
+    console.print_setup(sim.static, sim.config, out)
     if cfg.crystal.hkl_file is not None:
-        if stage.write(cfg.crystal.dump_file, io.fdump_chunks(cfg.crystal.hkl)):
+        try:
+            io.write_fdump(cfg.crystal.dump_file, cfg.crystal.hkl)
             console.say(out, f"writing dump file for next time: {cfg.crystal.dump_file}")
-        else:                   # as the C: a cache that cannot be written is not fatal
+        except ConfigError:     # as the C: a cache that cannot be written is not fatal
             console.say(out, f"WARNING: unable to open dump file: {cfg.crystal.dump_file}")
 
-    show_progress = cfg.output.progress and not cfg.output.printout
+    o = cfg.output
+    show_progress = o.progress and not o.printout
     with torch.no_grad():
-        image = sim.run(progress=progress_printer(out) if show_progress else None)
-    if sim.interpolation_warning:
-        print(sim.interpolation_warning, file=out)
-    if cfg.output.printout:
+        image = sim.run(progress=console.progress_printer(out) if show_progress else None)
+    for warning in image.warnings:
+        print(warning, file=out)
+    if o.printout:
         from .printout import print_pixels
-        print_pixels(sim, out)
-    setup = sim.last_setup
-    img32 = image.to(torch.float32).cpu().numpy()
-    S, F = img32.shape
-    rendered = np.zeros((S, F), dtype=bool)
-    rendered[setup.pixels_s.cpu().numpy(), setup.pixels_f.cpu().numpy()] = True
-    xmin, xmax, ymin, ymax = setup.roi
-    ss, ff = np.meshgrid(np.arange(S), np.arange(F), indexing="ij")
-    roi_mask = (ff >= xmin) & (ff <= xmax) & (ss >= ymin) & (ss <= ymax)
-    stats = image_stats(img32, rendered, roi_mask, setup.oversample, setup.geom.pixel_size_m)
-    omega = float(sim.omega_sum) / setup.steps
+        print_pixels(image, out)
+    stats = image.stats
+    omega = image.solid_angle_sr
     print(file=out)
     print(f"solid angle subtended by detector = {omega:g} steradian ( {100 * omega / 4 / np.pi:g}% sphere)",
           file=out)
-    o = cfg.output
-    if cfg.output.trace_pixel is not None:
+    if o.trace_pixel is not None:
         from .trace import trace_pixel
-        trace_pixel(sim, *cfg.output.trace_pixel, out=out)
+        trace_pixel(sim, image, *o.trace_pixel, out=out)
 
-    print(f"writing {o.floatfile} as {S * F} 4-byte floats", file=out)
-    stage.write(o.floatfile, io.float_image_chunks(img32))
+    S, F = image.shape[-2:]
+    P = image.panel_count
+    files = (lambda path: [panel_path(path, i) for i in range(P)]) if P > 1 else (lambda path: [path])
+    for path in files(o.floatfile):
+        print(f"writing {path} as {S * F} 4-byte floats", file=out)
+    writers.write_float(o.floatfile, image)
     print(f"max_I = {stats.max_I:g}  at {stats.max_I_x:g} {stats.max_I_y:g}", file=out)
     print(f"mean= {stats.mean:g} rms= {stats.rms:g} rmsd= {stats.rmsd:g}", file=out)
-    scale = o.scale
-    if scale <= 0.0:
-        scale = 55000.0 / stats.max_I if stats.max_I > 0.0 else 1.0
-    print(f"intfile_scale = {scale:g}", file=out)
-    header = smv_header(sim)
-    print(f"writing {o.intfile} as 2-byte integers", file=out)
-    stage.write(o.intfile, io.smv_chunks(int_image(img32, roi_mask, scale, o.adc), header))
+    if P > 1:
+        for i, panel in enumerate(cfg.detector.panels):
+            st = image.panel(i).stats
+            print(f"panel {i:02d} ({panel.name}): max_I= {st.max_I:g} mean= {st.mean:g} "
+                  f"rms= {st.rms:g} rmsd= {st.rmsd:g}", file=out)
+    print(f"intfile_scale = {writers.int_scale(image):g}", file=out)
+    for path in files(o.intfile):
+        print(f"writing {path} as 2-byte integers", file=out)
+    writers.write_smv(o.intfile, image)
     if o.write_pgm:
-        pscale = o.pgmscale
-        if pscale <= 0.0:
-            pscale = 250.0 / (5.0 * stats.rmsd) if stats.rmsd > 0.0 else scale
-        print(f"pgm_scale = {pscale:g}", file=out)
-        print(f"writing {o.pgmfile} as 1-byte integers", file=out)
-        stage.write(o.pgmfile, io.pgm_chunks(pgm_image(img32, roi_mask, pscale), pscale))
+        print(f"pgm_scale = {writers.pgm_scale(image):g}", file=out)
+        for path in files(o.pgmfile):
+            print(f"writing {path} as 1-byte integers", file=out)
+        writers.write_pgm(o.pgmfile, image)
+    noise = None
     if o.write_noise:
-        from . import noise as noise_mod
-        seed = o.seed if o.seed is not None else int(time.time())
-        if cfg.mode == "c-parity":
-            noisy, photons, overloads = noise_mod.c_noise_image(img32, seed, setup.roi, o.adc)
-        else:
-            noisy, photons, overloads = noise_mod.spec_noise_image(
-                torch.from_numpy(img32), seed, setup.roi, o.adc)
-        print(f"{photons:.0f} photons on noise image ({overloads} overloads)", file=out)
-        print(f"writing {o.noisefile} as 2-byte integers", file=out)
-        stage.write(o.noisefile, io.smv_chunks(np.asarray(noisy, dtype=np.uint16), header))
+        noise = writers.noise_counts(image)
+        print(f"{noise.photons:.0f} photons on noise image ({noise.overloads} overloads)", file=out)
+        for path in files(o.noisefile):
+            print(f"writing {path} as 2-byte integers", file=out)
+        writers.write_noise(o.noisefile, image, noise=noise)
+    # CBF, NeXus and PNG (port-only): after the C's files, from the same image and noise
+    what = "photon counts with Poisson noise" if noise is not None else "photon counts (no noise)"
+    if o.cbffile is not None:
+        print(f"writing {o.cbffile} as miniCBF ({what})", file=out)
+        writers.write_cbf(o.cbffile, image, noise=noise)
+    if o.nexusfile is not None:
+        print(f"writing {o.nexusfile} as NeXus/NXmx ({what})", file=out)
+        writers.write_nexus(o.nexusfile, image, noise=noise)
+    if o.pngfile is not None:
+        print(f"writing {o.pngfile} as PNG preview ({o.png_scale} scale)", file=out)
+        writers.write_png(o.pngfile, image)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .vec import as_tensor
+from .vec import as_tensor, value
 
 Vec3 = tuple
 
@@ -106,3 +106,13 @@ def tricubic_F(grid: FGrid, hkl: Vec3) -> torch.Tensor:
     along_l = _polint(nodes[..., None, None, 2, :], cube, l[..., None, None])   # (..., 4, 4)
     along_k = _polint(nodes[..., None, 1, :], along_l, k[..., None])            # (..., 4)
     return _polint(nodes[..., 0, :], along_k, h)
+
+
+def interpolation_on(cfg) -> bool:
+    """SPEC 4.3: tricubic interpolation of F (-interpolate, or auto when any N <= 2)."""
+    interp = cfg.crystal.interpolate
+    if interp is None:
+        # the C decides on the N values as parsed, before -xtalsize and the clamp to 1
+        interp = any(value(n) <= 2 for n in cfg.crystal.n_cells)
+    hkl = cfg.crystal.hkl
+    return bool(interp) and hkl is not None and hkl.hkls != 0

@@ -29,12 +29,12 @@ import sys
 
 import torch
 
-from .crystal import _rescale, reciprocal_from_cell
-from .kernel import lattice_factor, render_pixels
+from . import beam as beam_mod
+from .crystal import crystal_lattice
+from .execution import StateScan
+from .kernel import RunState, lattice_factor, render_pixels
 from .units import R_E_SQR, RTD, deg_to_rad
-from .vec import as_tensor, cross, dot, magnitude, rotate_xyz
-
-EVALS_PER_CHUNK = 1 << 20
+from .vec import as_tensor, dot, magnitude, rotate_xyz
 
 # how each convention turns the user's beam centre into (Fbeam, Sbeam) (SPEC 1.5, step 3)
 _MAPPING = {
@@ -66,10 +66,10 @@ def _vec(v) -> list:
 
 
 # ---------------------------------------------------------------- entry point
-def trace_pixel(sim, s: int, f: int, out=None) -> None:
-    """Print the trace of pixel (slow s, fast f) of the simulator's last run to out."""
+def trace_pixel(sim, image, s: int, f: int, out=None) -> None:
+    """Print the trace of pixel (slow s, fast f) of an Image the Simulator sim rendered."""
     out = out or sys.stdout
-    setup = sim.last_setup
+    setup = image.setup
     geom = setup.geom
     say = lambda text: print(text, file=out)  # noqa: E731
     if not (0 <= s < geom.spixels and 0 <= f < geom.fpixels):
@@ -86,8 +86,8 @@ def trace_pixel(sim, s: int, f: int, out=None) -> None:
             say(f"TRACE_CONFIG: pixel (spixel={s}, fpixel={f}) is not rendered (outside -roi or "
                 "masked): its value stays 0")
             return
-        plan = _plan_at(setup, rank)
-        ev = _evaluate(plan, s, f)
+        plan, state = setup.plan, _state_at(sim, image, rank)
+        ev = _evaluate(plan, state, s, f)
         _trace_blocks(setup, plan, ev, say)
         _trace_final(sim, setup, plan, ev, say)
 
@@ -182,89 +182,63 @@ def _matmul(A, B):
 
 # ------------------------------------------------------------- crystal setup
 def _trace_crystal(sim, setup, say) -> None:
-    """The C's crystal-setup TRACE lines (SPEC 2.1-2.4), step by step.
+    """The C's crystal-setup TRACE lines (SPEC 2.1-2.4), step by step: crystal_lattice's
+    own intermediates (record=True).
 
-    crystal_lattice keeps only its result, so the steps are re-run here with
-    the same functions; the last lines print the simulator's own lattice.
     |v| is the vector's length; the C prints the length it stored with the
     vector, which for a* b* c* built from a triclinic cell is the textbook one,
     not that of its c* (C-IMPL-BUG-001): those lengths differ from the C's.
     """
-    cfg, lat = sim.config, setup.lattice
-    cr = cfg.crystal
-    dtype, dev = lat.a.dtype, lat.a.device
-    t = lambda x: as_tensor(x, dtype, dev)  # noqa: E731
+    lat = setup.lattice
+    g = setup.geom
+    lambda0 = beam_mod.wavelength_m(sim.config, g.pix0.dtype, g.pix0.device)
+    st = crystal_lattice(sim.config, sim.mode, lambda0, g.pix0.dtype, g.pix0.device, record=True).steps
     vs = lambda v: _g(*_vec(v))  # noqa: E731
     mag = lambda v: _g(magnitude(v))  # noqa: E731
-    user_cell = cr.cell is not None
-    a_star = b_star = c_star = None
-    if user_cell:
-        cell = t(cr.cell)
-        a_star, b_star, c_star, V_user = reciprocal_from_cell(cell)
-    if cr.mat is not None:
-        mat = t(cr.mat)
-        lambda0 = t(cfg.beam.wavelength_A) / 1.0e10
-        scale = 1e-10 / lambda0
+    names = ("a_star", "b_star", "c_star")
+
+    def vectors(prefix, vs3, names=names, with_mag=True):
+        for name, v in zip(names, vs3):
+            say(f"TRACE:   {prefix}{name} = [{vs(v)}]" + (f" |{name}| = {mag(v)}" if with_mag else ""))
+    if "mat" in st:
         say("TRACE: Raw matrix values from file:")
-        for name, i in (("a_star", 0), ("b_star", 1), ("c_star", 2)):
-            say(f"TRACE:   {name} (raw) = [{vs(mat[:, i])}]")
-        say(f"TRACE:   lambda0 = {_g(lambda0 * 1e10)} Angstroms")
-        say(f"TRACE:   scaling factor = 1e-10/lambda0 = {_g(scale)}")
-        a_star, b_star, c_star = mat[:, 0] * scale, mat[:, 1] * scale, mat[:, 2] * scale
+        for name, i in zip(names, range(3)):
+            say(f"TRACE:   {name} (raw) = [{vs(st['mat'][:, i])}]")
+        say(f"TRACE:   lambda0 = {_g(st['lambda0'] * 1e10)} Angstroms")
+        say(f"TRACE:   scaling factor = 1e-10/lambda0 = {_g(st['scale'])}")
         say("TRACE: After wavelength correction:")
-        for name, v in (("a_star", a_star), ("b_star", b_star), ("c_star", c_star)):
-            say(f"TRACE:   {name} = [{vs(v)}] |{name}| = {mag(v)}")
-    if lat.misset_rad is not None:
-        m = lat.misset_rad
+        vectors("", st["after_wavelength"])
+    if "before_misset" in st:
         say("TRACE: Before misset rotation:")
-        for name, v in (("a_star", a_star), ("b_star", b_star), ("c_star", c_star)):
-            say(f"TRACE:   {name} = [{vs(v)}] |{name}| = {mag(v)}")
-        say(f"TRACE:   misset angles = [{_g(*(_f(x) * RTD for x in m))}] degrees")
-        a_star, b_star, c_star = (rotate_xyz(v, m[0], m[1], m[2]) for v in (a_star, b_star, c_star))
+        vectors("", st["before_misset"])
+        say(f"TRACE:   misset angles = [{_g(*(_f(x) * RTD for x in lat.misset_rad))}] degrees")
         say("TRACE: After misset rotation:")
-        for name, v in (("a_star", a_star), ("b_star", b_star), ("c_star", c_star)):
-            say(f"TRACE:   {name} = [{vs(v)}] |{name}| = {mag(v)}")
+        vectors("", st["after_misset"])
     say("TRACE: Computing cross products of reciprocal vectors:")
     say("TRACE:   Input vectors for cross products:")
-    for name, v in (("a_star", a_star), ("b_star", b_star), ("c_star", c_star)):
+    for name, v in zip(names, st["reciprocal"]):
         say(f"TRACE:     {name} = [{vs(v)}]")
-    axb, bxc, cxa = cross(a_star, b_star), cross(b_star, c_star), cross(c_star, a_star)
+    axb, bxc, cxa = st["cross"]
     say("TRACE:   Cross product results:")
     say(f"TRACE:     a_star x b_star = [{vs(axb)}]")
     say(f"TRACE:     b_star x c_star = [{vs(bxc)}]")
     say(f"TRACE:     c_star x a_star = [{vs(cxa)}]")
-    V_star = dot(a_star, bxc)
     say("TRACE: Reciprocal cell volume calculation:")
-    say(f"TRACE:   V_star = a_star . (b_star x c_star) = {_g(V_star)}")
-    if user_cell:
-        bxc = _rescale(bxc, cell[0] / V_user)
-        cxa = _rescale(cxa, cell[1] / V_user)
-        axb = _rescale(axb, cell[2] / V_user)
-        V_star = 1.0 / V_user
-    V_cell = 1.0 / V_star
-    say(f"TRACE: Direct-space cell volume: V_cell = 1/V_star = {_g(V_cell)}")
+    say(f"TRACE:   V_star = a_star . (b_star x c_star) = {_g(st['V_star_raw'])}")
+    say(f"TRACE: Direct-space cell volume: V_cell = 1/V_star = {_g(st['V_cell'])}")
     say("TRACE: Before computing real-space vectors:")
+    bxc, cxa, axb = st["rescaled"]
     say(f"TRACE:   b_star_cross_c_star = [{vs(bxc)}]")
     say(f"TRACE:   c_star_cross_a_star = [{vs(cxa)}]")
     say(f"TRACE:   a_star_cross_b_star = [{vs(axb)}]")
-    say(f"TRACE:   V_cell = {_g(V_cell)}, V_star = {_g(V_star)}")
-    a, b, c = V_cell * bxc, V_cell * cxa, V_cell * axb
+    say(f"TRACE:   V_cell = {_g(st['V_cell'])}, V_star = {_g(st['V_star'])}")
     say("TRACE: After computing real-space vectors:")
-    for name, v in (("a", a), ("b", b), ("c", c)):
-        say(f"TRACE:   {name} = [{vs(v)}] |{name}| = {mag(v)}")
-    if not all(bool(torch.allclose(x * 1e-10, y, rtol=1e-12, atol=0.0))
-               for x, y in zip((a, b, c), (lat.a, lat.b, lat.c))):
-        say("TRACE: (note: the steps above, re-derived for the trace, do not reproduce the "
-            "simulator's cell printed below)")
+    vectors("", st["real_A"], names=("a", "b", "c"))
     say("TRACE: Re-generating reciprocal vectors from real-space vectors:")
-    for name, v in (("a_star", a_star), ("b_star", b_star), ("c_star", c_star)):
-        say(f"TRACE:   Before re-generation: {name} = [{vs(v)}] |{name}| = {mag(v)}")
-    say(f"TRACE:   Cross products: b_cross_c = [{vs(cross(b, c))}]")
-    say(f"TRACE:   Cross products: c_cross_a = [{vs(cross(c, a))}]")
-    say(f"TRACE:   Cross products: a_cross_b = [{vs(cross(a, b))}]")
-    # from here on: the simulator's own lattice (its reciprocal vectors are the regenerated ones)
-    for name, v in (("a_star", lat.a_star), ("b_star", lat.b_star), ("c_star", lat.c_star)):
-        say(f"TRACE:   After re-generation: {name} = [{vs(v)}] |{name}| = {mag(v)}")
+    vectors("Before re-generation: ", st["reciprocal"])
+    for name, v in zip(("b_cross_c", "c_cross_a", "a_cross_b"), st["regen_cross"]):
+        say(f"TRACE:   Cross products: {name} = [{vs(v)}]")
+    vectors("After re-generation: ", (lat.a_star, lat.b_star, lat.c_star))
     say("TRACE: Converting real-space vectors from Angstroms to meters:")
     for name, v in (("a", lat.a), ("b", lat.b), ("c", lat.c)):
         say(f"TRACE:   Before conversion: {name} = [{vs(v * 1e10)}] |{name}| = {mag(v * 1e10)} Angstroms")
@@ -287,8 +261,8 @@ def _raster_rank(setup, s: int, f: int):
     return int(hit[0, 0]) if hit.numel() else None
 
 
-def _plan_at(setup, rank: int):
-    """A copy of the kernel plan in the state the run had on reaching the rank-th pixel.
+def _state_at(sim, image, rank: int) -> RunState:
+    """The run state the image had on reaching its rank-th rendered pixel.
 
     Two pieces of C state carry from pixel to pixel: the interpolation switch
     (off for good after the first out-of-range evaluation) and, in c-parity,
@@ -296,32 +270,17 @@ def _plan_at(setup, rank: int):
     end-of-run state does not settle the question, the pixels before this one
     are rendered again (only then does tracing cost a partial re-run).
     """
-    plan = setup.plan
-    need_interp = plan.interpolate and not plan.interp_state["active"]
-    need_first = plan.cells_first is not None
-    interp_active, first_done = True, True
-    if need_first:
-        # the first rendered pixel holds the first evaluation unless dmin culls all of it
-        first_done = rank > 0 and not plan.culling
-    if rank > 0 and (need_interp or (need_first and plan.culling)):
-        probe = dataclasses.replace(plan, interp_state={"active": True, "warning": None},
-                                    first_evaluation_done=not need_first)
-        per_pixel = max(1, plan.oversample ** 2 * plan.odet_offsets.shape[0] * plan.incident.shape[0]
-                        * plan.cells.shape[0])
-        batch = max(1, EVALS_PER_CHUNK // per_pixel)
-        for start in range(0, rank, batch):
-            stop = min(rank, start + batch)
-            render_pixels(setup.pixels_s[start:stop], setup.pixels_f[start:stop], probe)
-            if (not need_interp or not probe.interp_state["active"]) and \
-                    (not need_first or probe.first_evaluation_done):
-                break
-        interp_active, first_done = probe.interp_state["active"], probe.first_evaluation_done
-    return dataclasses.replace(plan, interp_state={"active": interp_active, "warning": None},
-                               first_evaluation_done=first_done)
+    plan = image.setup.plan
+    never_switched = image.state is not None and image.state.interpolating
+    if never_switched and not (plan.cells_first is not None and plan.culling):
+        # (without culling the first phi loop is the first rendered pixel's)
+        first_loop = 0 if plan.cells_first is not None else None
+        return StateScan(None, first_loop, None).state_at(rank)
+    return sim.renderer(image.setup).scan(stop_rank=rank).state_at(rank)
 
 
 # -------------------------------------------------------- the pixel itself
-def _evaluate(plan, s: int, f: int) -> dict:
+def _evaluate(plan, state: RunState, s: int, f: int) -> dict:
     """Every intermediate of render_pixels for the single pixel (s, f).
 
     They are render_pixels' own, recorded by it (record=...) in the C's order
@@ -334,11 +293,8 @@ def _evaluate(plan, s: int, f: int) -> dict:
     dev = plan.incident.device
     s_idx = torch.tensor([s], device=dev)
     f_idx = torch.tensor([f], device=dev)
-    rec = {}
-    # a copy of the plan: rendering updates the run-wide state (interpolation switch,
-    # first phi loop) and the trace must not
-    rplan = dataclasses.replace(plan, interp_state=dict(plan.interp_state))
-    render_pixels(s_idx, f_idx, rplan, record=rec)
+    res = render_pixels(s_idx, f_idx, plan, state, record=True)
+    rec = res.record
     T, O = rec["P"].shape[1], rec["P"].shape[2]
     S, R = plan.incident.shape[0], plan.cells.shape[0]
     groups = (T, O, O, S)
@@ -346,7 +302,7 @@ def _evaluate(plan, s: int, f: int) -> dict:
     culled = None if rec["culled"] is None else rec["culled"][0].reshape(groups)
 
     first_group = None
-    if rplan.first_evaluation_done and not plan.first_evaluation_done:
+    if res.first_loop_pixel is not None:
         # C-PARITY-001: this pixel held the run's first phi loop, at its first unculled group
         alive = torch.ones(S * T * O * O, dtype=torch.bool, device=dev) if culled is None \
             else ~culled.reshape(-1)
@@ -368,8 +324,7 @@ def _evaluate(plan, s: int, f: int) -> dict:
         held_polar = held_polar[0]
     # the pixel's value as the simulator renders it: the recording run lays the evaluations
     # out in the C's order, which may sum them in another order than the simulator's layout
-    value = render_pixels(s_idx, f_idx, dataclasses.replace(
-        plan, interp_state=dict(plan.interp_state))).value[0]
+    value = render_pixels(s_idx, f_idx, plan, state).value[0]
     return dict(P=rec["P"][0], airpath=rec["airpath"][0], d=rec["d"][0], omega=rec["omega"][0],
                 capture=rec["capture"][0], q=rec["q"][0].reshape(groups + (3,)), culled=culled,
                 hkl=rec["hkl"][0].reshape(evals + (3,)), hkl0=rec["hkl0"][0].reshape(evals + (3,)),
@@ -498,7 +453,6 @@ def _held_polar_so_far(ev, group):
 
 def _trace_final(sim, setup, plan, ev, say) -> None:
     """The pixel's final scalars; the factors are the ones the kernel applied."""
-    cfg = sim.config
     T, O = ev["P"].shape[0], ev["P"].shape[1]
     line = lambda name, x: say(f"TRACE_C: {name} {_g15(x)}")  # noqa: E731
     # the C's held/last values: capture of the last layer (first subpixel; last subpixel with
@@ -516,7 +470,7 @@ def _trace_final(sim, setup, plan, ev, say) -> None:
     line("I_before_scaling", ev["I"])
     line("r_e_meters", math.sqrt(R_E_SQR))
     line("r_e_sqr", R_E_SQR)
-    line("fluence_photons_per_m2", cfg.beam.fluence)
+    line("fluence_photons_per_m2", setup.fluence)
     say(f"TRACE_C: steps {plan.steps}")
     say(f"TRACE_C: oversample_thick {int(plan.oversample_thick)}")
     say(f"TRACE_C: oversample_polar {int(plan.oversample_polar)}")

@@ -7,6 +7,7 @@ streaming in blocks). Messages name the file, and the line as ``path:N:``.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from typing import Iterable
@@ -16,6 +17,7 @@ import numpy as np
 from nanobrag_torch.errors import ConfigError
 
 MiB = 1 << 20
+INPUT_LIMIT = 4096 * MiB     # crystallographic files read whole by a library (gemmi)
 
 
 def where(path, lineno: int) -> str:
@@ -56,6 +58,17 @@ def open_input(path):
     except BaseException:
         os.close(fd)
         raise
+
+
+def check_regular(path, limit: int | None = None, what: str = "this kind of file") -> int:
+    """The size of a regular file of at most `limit` bytes (for readers that open the file
+    themselves, such as gemmi's), else the one-line ConfigError of open_input."""
+    fh, size = open_input(path)
+    fh.close()
+    if limit is not None and size > limit:
+        raise ConfigError(f"{path}: {size_text(size)} ({size} bytes), above the "
+                          f"{size_text(limit)} limit for {what}; refused")
+    return size
 
 
 def size_text(n: float) -> str:
@@ -138,15 +151,13 @@ def check_memory(path, nbytes: int, what: str) -> None:
 def atomic_write(path, chunks: Iterable[bytes]) -> None:
     """Write chunks to path so that it appears complete or not at all (see io.outputs).
 
-    A temporary file beside the target is renamed over it when complete; a
-    failure part-way leaves no partial file (an older file stays untouched).
-    Symlinks are followed (the link stays), devices are written through.
+    On its own: a temporary file beside the target is renamed over it when
+    complete; a failure part-way leaves no partial file (an older file stays
+    untouched); symlinks are followed (the link stays), devices written through.
+    Inside `OutputSet.staged()`: staged in that run's transaction instead.
     """
-    from nanobrag_torch.io.outputs import OutputSet
-    outputs = OutputSet([path])
-    outputs.check()
-    with outputs.staged() as stage:
-        stage.write(path, chunks)
+    from nanobrag_torch.io.outputs import write_output
+    write_output(path, chunks)
 
 
 def show(text, limit: int = 60) -> str:
@@ -163,3 +174,17 @@ def as_numpy(x) -> np.ndarray:
     if hasattr(x, "detach"):
         x = x.detach().cpu().numpy()
     return np.asarray(x)
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """A temporary path to write path's file at (by any library), put in place on success.
+
+    The file has path's own base name (writers that record the file name, such as
+    CBF's data block, see the real one) and is made by the library itself (so with
+    the usual permissions); on an error nothing appears at path and an older file
+    there stays. Inside `OutputSet.staged()` it is staged in that run's transaction.
+    """
+    from nanobrag_torch.io.outputs import output_path
+    with output_path(path) as tmp:
+        yield tmp

@@ -74,6 +74,11 @@ def _c_row(text: str, nargs: int):
     return values, i + 1
 
 
+# what the C makes of a comment line, per kind of table (the message of check_row)
+_COMMENT_READS = {"source file": "a source at the origin with wavelength 0",
+                  "stol table": "a point (0, 0), which repeats an abscissa and makes NaN pixels"}
+
+
 def check_row(path, lineno: int, text: str, nargs: int, what: str) -> None:
     """Strict (spec-mode) checks of one counted line: only numbers, at most nargs of them.
 
@@ -85,7 +90,7 @@ def check_row(path, lineno: int, text: str, nargs: int, what: str) -> None:
     at = where(path, lineno)
     if content.lstrip(" \t,;:!").startswith("#"):
         raise ConfigError(f"{at}: comment lines are not allowed in a {what}: the C would read "
-                          f"them as a source at the origin with wavelength 0")
+                          f"them as {_COMMENT_READS.get(what, 'a row of zeros')}")
     if not tokens:
         raise ConfigError(f"{at}: line without numbers (only delimiters or a carriage "
                           f"return): the C would read it as a row of zeros")

@@ -35,3 +35,13 @@ def read_float_image(path, shape) -> np.ndarray:
         raise ConfigError(f"{path}: {len(raw)} bytes, expected {need} for a "
                           f"{' x '.join(map(str, shape))} float32 image")
     return np.frombuffer(raw, dtype="<f4").astype(np.float32).reshape(shape)
+
+
+def read_float_values(path, count: int | None = None) -> tuple[np.ndarray, int]:
+    """(values, file size in bytes): the first `count` little-endian float32 values of a
+    headerless float file (default: all whole values), zero-filled past the file's end as
+    the C's calloc + fread leave them (noisify reads any size it is told)."""
+    raw = read_bytes(path, FLOAT_IMAGE_LIMIT, "a float image")
+    n = len(raw) // 4 if count is None else int(count)
+    buf = raw[:4 * n].ljust(4 * n, b"\0")
+    return np.frombuffer(buf, dtype="<f4").astype(np.float32), len(raw)

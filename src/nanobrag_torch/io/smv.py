@@ -105,10 +105,10 @@ def read_smv(path, data: bool = True) -> SMVFile:
     start with "{\nHEADER_BYT", is shorter than its header, has no usable
     size, a HEADER_BYTES above SMV_HEADER_LIMIT, or is too short for
     width*height uint16 values after header_bytes. Only the header and the
-    pixels are read (data=False: the header only; the size is still checked);
-    an image that cannot fit in the memory available is refused.
+    pixels are read; an image that cannot fit in the memory available is refused.
     Note: the data offset is HEADER_BYTES even when the writer's header text
     ran past it (nanoBragg's >512-byte header quirk), as in the C.
+    data=False: the header only (noisify's -header); no size check of the pixels.
     """
     fh, size = open_input(path)
     with fh:
@@ -132,7 +132,7 @@ def read_smv(path, data: bool = True) -> SMVFile:
         header = _c_string(raw_header)
         width, height = _image_size(path, header)
         need = header_bytes + 2 * width * height
-        if size < need:
+        if data and size < need:
             raise ConfigError(f"{path}: file is {size} bytes, too short for a {width} x {height} "
                               f"unsigned_short image after a {header_bytes}-byte header "
                               f"({need} bytes)")
@@ -176,9 +176,16 @@ def format_header(header: list[tuple[str, object]]) -> bytes:
 
     Each (key, value) gives "KEY=value;\\n": floats as %g, ints as %d, strings
     verbatim; a tuple/list value gives comma-joined %g values and NO ';' (the
-    C's DIALS_ORIGIN line). Spaces pad the text to 512 bytes; when the text is
-    already >= 512 bytes nothing is added (the C pads only while ftell < 512).
+    C's DIALS_ORIGIN line). Spaces pad the text to HEADER_BYTES (512 when the
+    header has no such key); when the text is already that long nothing is added
+    (the C pads only while ftell < 512).
     """
+    text = _header_text(header)
+    size = next((int(v) for k, v in header if k == "HEADER_BYTES"), SMV_HEADER_BYTES)
+    return text + b" " * max(0, size - len(text))
+
+
+def _header_text(header) -> bytes:
     lines = ["{\n"]
     for key, value in header:
         if isinstance(value, (tuple, list)) or (hasattr(value, "ndim") and value.ndim == 1):
@@ -186,8 +193,31 @@ def format_header(header: list[tuple[str, object]]) -> bytes:
         else:
             lines.append(f"{key}={_fmt_value(value)};\n")
     lines.append("}\f")
-    text = "".join(lines).encode("latin-1")
-    return text + b" " * max(0, SMV_HEADER_BYTES - len(text))
+    return "".join(lines).encode("latin-1")
+
+
+def fit_header_bytes(header: list[tuple[str, object]]) -> list[tuple[str, object]]:
+    """The header with a HEADER_BYTES that holds its text.
+
+    The C always says 512, also when its text runs past it (readers then take header
+    text for pixels). Here a text longer than 512 bytes first has its non-integer
+    numbers rounded to 5 significant digits (1e-5 relative, far below what the header
+    values are used for), which keeps the 512 every SMV reader expects; only if that
+    is still too long does HEADER_BYTES grow to the next multiple of 512.
+    """
+    if len(_header_text(header)) > SMV_HEADER_BYTES:
+        header = [(k, _shorter(v)) for k, v in header]
+    length = len(_header_text(header))
+    size = SMV_HEADER_BYTES * max(1, -(-length // SMV_HEADER_BYTES))
+    return [(k, size if k == "HEADER_BYTES" else v) for k, v in header]
+
+
+def _shorter(value):
+    if isinstance(value, (tuple, list)):
+        return type(value)(_shorter(v) for v in value)
+    if isinstance(value, float) and math.isfinite(value) and value != int(value):
+        return float(f"{value:.5g}")
+    return value
 
 
 def _fmt_value(value) -> str:
@@ -223,6 +253,15 @@ def smv_chunks(data, header: list[tuple[str, object]]) -> list[bytes]:
     arr = _as_uint16(data)
     _check_size(header, arr.shape)
     return [format_header(header), arr.astype("<u2", copy=False).tobytes(order="C")]
+
+
+def write_smv_bytes(path, header: bytes, data) -> None:
+    """Write header bytes verbatim, then data (2-D uint16 or uint32, little-endian, fast
+    index fastest): noisify's copied (-header) and 32-bit (-bits 32) images.  Atomic."""
+    arr = as_numpy(data)
+    if arr.ndim != 2 or arr.dtype not in (np.uint16, np.uint32):
+        raise ValueError(f"SMV data must be 2-D uint16 or uint32, got {arr.dtype} {arr.shape}")
+    atomic_write(path, [bytes(header), arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()])
 
 
 def _as_uint16(data) -> np.ndarray:

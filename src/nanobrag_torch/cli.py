@@ -665,6 +665,8 @@ FLAGS: List[Flag] = (
          _set(S + "device"), "where to compute (default cpu)"),
         ("-trace_pixel", "S F", (NONNEG_INT,) * 2, _trace_pixel,
          "print TRACE lines for this pixel (slow, fast)"),
+        ("-max_hours", "H", (POS,), _set(S + "max_hours"),
+         "refuse a run estimated to take longer than this (default 24)"),
         ("-pixel_batch_size", "N", (POS_INT,), _set(S + "pixel_batch_size"),
          "pixels per batch (bounds memory)"),
         ("-debug", "", (), _nothing, "show Python tracebacks", dict(hidden=True)),

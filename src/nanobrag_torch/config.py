@@ -253,6 +253,7 @@ class SimConfig:
     dtype: str = "float64"               # -dtype
     device: str = "cpu"                  # -device cpu | cuda | auto
     pixel_batch_size: Optional[int] = None
+    max_hours: Optional[float] = 24.0    # refuse runs estimated to take longer (None: no limit)
     inputs_read_as: Optional[str] = None  # the mode whose rules read the input files (None: none read)
     expt_file: Optional[str] = None      # -expt FILE (DIALS experiment list), applied at parse time
     expt_image: Optional[int] = None     # -expt_image K: the scan image simulated (None: the first)

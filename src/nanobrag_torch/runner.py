@@ -42,6 +42,7 @@ def run(cfg: SimConfig, out=None) -> int:
     show_progress = o.progress and not o.printout
     with torch.no_grad():
         image = sim.run(progress=console.progress_printer(out) if show_progress else None)
+    image.check_finite()            # nothing is written from an image that overflowed
     for warning in image.warnings:
         print(warning, file=out)
     if o.printout:

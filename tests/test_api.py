@@ -238,7 +238,7 @@ def test_runs_that_cannot_fit_or_finish_stop_at_once_with_the_numbers(extra, mes
 
 def test_max_hours_lets_a_long_run_through_the_estimate():
     from nanobrag_torch import resources
-    cfg = cfg_of("-lambda", "1e-6")
+    cfg = cfg_of("-lambda", "1e-4")
     est = resources.estimate(cfg, modes.SPEC)
     # oversampling recommended for a 3-cell, 90 A crystal at 1e-6 A and 100 mm with 0.4 mm pixels
     # (the re-derived c is 90 A to rounding: ceil may land one above)

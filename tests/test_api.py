@@ -236,15 +236,16 @@ def test_runs_that_cannot_fit_or_finish_stop_at_once_with_the_numbers(extra, mes
     assert err.count("\n") == 1 and "error: this run needs" in err and list(tmp_path.iterdir()) == []
 
 
-def test_max_hours_lets_a_long_run_through_the_estimate():
+def test_max_hours_sets_the_time_limit():
     from nanobrag_torch import resources
-    cfg = cfg_of("-lambda", "1e-4")
+    cfg = cfg_of("-lambda", "1e-2")
     est = resources.estimate(cfg, modes.SPEC)
-    # oversampling recommended for a 3-cell, 90 A crystal at 1e-6 A and 100 mm with 0.4 mm pixels
-    # (the re-derived c is 90 A to rounding: ceil may land one above)
-    assert est.oversample - math.ceil(3 * 3 * 90e-10 / (1e-16 * 0.1 / 4e-4)) in (0, 1)
+    # oversampling recommended for a 3-cell, 90 A crystal at 0.01 A and 100 mm with 0.4 mm pixels
+    assert est.oversample - math.ceil(3 * 3 * 90e-10 / (1e-12 * 0.1 / 4e-4)) in (0, 1)
     assert est.evaluations == 16 * 16 * est.oversample ** 2
-    resources.check(est, max_hours=1e9)          # no error with a large enough limit
+    resources.check(est, max_hours=1.0)
+    with pytest.raises(resources.ResourceError, match="more than -max_hours 1e-09"):
+        resources.check(est, max_hours=1e-9)
 
 
 def test_an_overflowing_image_is_not_written(tmp_path, monkeypatch, capsys):

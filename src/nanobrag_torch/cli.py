@@ -670,6 +670,8 @@ FLAGS: List[Flag] = (
         ("-pixel_batch_size", "N", (POS_INT,), _set(S + "pixel_batch_size"),
          "pixels per batch (bounds memory)"),
         ("-debug", "", (), _nothing, "show Python tracebacks", dict(hidden=True)),
+        ("-exptfile", "FILE", (FILE,), _set(O + "exptfile"),
+         "write the run's detector, beam, crystal, goniometer and scan as a DIALS .expt"),
         ("-expt", "FILE", (FILE,), _set(S + "expt_file"),
          "DIALS experiment list: beam, detector, crystal, spindle, scan; flags override it"),
         ("-expt_image", "K", (POS_INT,), _set(S + "expt_image"),

@@ -215,6 +215,7 @@ class OutputConfig:
     printout_pixel: Optional[tuple] = None   # (f, s)
     progress: bool = True
     trace_pixel: Optional[tuple] = None      # (s, f), port-only
+    exptfile: Optional[str] = None           # -exptfile: the run as a DIALS experiment list
     cbffile: Optional[str] = None      # -cbffile: miniCBF of photon counts (io.cbf)
     nexusfile: Optional[str] = None    # -nexusfile: NeXus/NXmx of photon counts (io.nexus)
     pngfile: Optional[str] = None      # -pngfile: PNG preview (io.png)

@@ -94,6 +94,11 @@ def run(cfg: SimConfig, out=None) -> int:
     if o.nexusfile is not None:
         print(f"writing {o.nexusfile} as NeXus/NXmx ({what})", file=out)
         writers.write_nexus(o.nexusfile, image, noise=noise)
+    if o.exptfile is not None:
+        from .experiment import experiment_from_config
+        from .io.expt import write_expt
+        print(f"writing {o.exptfile} as a DIALS experiment list", file=out)
+        write_expt(o.exptfile, experiment_from_config(image.config, image.mode))
     if o.pngfile is not None:
         print(f"writing {o.pngfile} as PNG preview ({o.png_scale} scale)", file=out)
         writers.write_png(o.pngfile, image)

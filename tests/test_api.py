@@ -2,6 +2,7 @@
 library's validation, config round trips, the mode rules and a kernel that mutates nothing."""
 import copy
 import dataclasses
+import math
 import re
 from pathlib import Path
 
@@ -213,3 +214,47 @@ def test_every_row_of_docs_modes_has_a_rule():
     assert set(modes.ROWS.values()) == names
     for rule in names:
         assert getattr(modes.SPEC, rule) != getattr(modes.C_PARITY, rule), rule
+
+
+# ------------------------------------------------------------- resources and overflow
+@pytest.mark.parametrize("extra,message", [
+    (["-lambda", "1e-6"], r"this run needs .* subpixels"),
+    (["-N", "1000000"], r"this run needs .* subpixels"),
+    (["-phisteps", "1000000000"], r"GiB of memory .*1000000000 phi steps"),
+    (["-divsteps", "100000", "-divergence", "1"], r"GiB of memory .*10000000000 sources"),
+    (["-detpixels", "100000"], r"GiB of memory .*10000000000 pixels"),
+    (["-xtalsize", "0.5"], r"this run needs .* subpixels"),
+])
+def test_runs_that_cannot_fit_or_finish_stop_at_once_with_the_numbers(extra, message, tmp_path, monkeypatch,
+                                                                      capsys):
+    monkeypatch.chdir(tmp_path)
+    args = BASE[:-2] + ["-detpixels", "32"] + extra
+    with pytest.raises(nb.ConfigError, match=message):
+        nb.Simulator(nb.config_from_args(args))
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error: this run needs" in err and list(tmp_path.iterdir()) == []
+
+
+def test_max_hours_sets_the_time_limit():
+    from nanobrag_torch import resources
+    cfg = cfg_of("-lambda", "1e-2")
+    est = resources.estimate(cfg, modes.SPEC)
+    # oversampling recommended for a 3-cell, 90 A crystal at 0.01 A and 100 mm with 0.4 mm pixels
+    assert est.oversample - math.ceil(3 * 3 * 90e-10 / (1e-12 * 0.1 / 4e-4)) in (0, 1)
+    assert est.evaluations == 16 * 16 * est.oversample ** 2
+    resources.check(est, max_hours=1.0)
+    with pytest.raises(resources.ResourceError, match="more than -max_hours 1e-09"):
+        resources.check(est, max_hours=1e-9)
+
+
+def test_an_overflowing_image_is_not_written(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(BASE + ["-fluence", "1e300"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "the float32 image has 256 non-finite pixels (first: slow 0, fast 0, value inf)" in err
+    assert [p.name for p in tmp_path.iterdir()] == []
+    cfg = cfg_of()
+    cfg.crystal.default_F = torch.tensor(float("inf"))
+    with pytest.raises(nb.ConfigError, match="crystal.default_F: must be a finite number"):
+        nb.simulate(cfg)

@@ -215,6 +215,7 @@ class OutputConfig:
     printout_pixel: Optional[tuple] = None   # (f, s)
     progress: bool = True
     trace_pixel: Optional[tuple] = None      # (s, f), port-only
+    exptfile: Optional[str] = None           # -exptfile: the run as a DIALS experiment list
     cbffile: Optional[str] = None      # -cbffile: miniCBF of photon counts (io.cbf)
     nexusfile: Optional[str] = None    # -nexusfile: NeXus/NXmx of photon counts (io.nexus)
     pngfile: Optional[str] = None      # -pngfile: PNG preview (io.png)
@@ -253,6 +254,7 @@ class SimConfig:
     dtype: str = "float64"               # -dtype
     device: str = "cpu"                  # -device cpu | cuda | auto
     pixel_batch_size: Optional[int] = None
+    max_hours: Optional[float] = 24.0    # refuse runs estimated to take longer (None: no limit)
     inputs_read_as: Optional[str] = None  # the mode whose rules read the input files (None: none read)
     expt_file: Optional[str] = None      # -expt FILE (DIALS experiment list), applied at parse time
     expt_image: Optional[int] = None     # -expt_image K: the scan image simulated (None: the first)

@@ -217,25 +217,11 @@ def detector_geometry(cfg: SimConfig, mode: Mode, dtype, device) -> DetectorGeom
     axis = vec.twotheta_axis
     beam = vec.beam
 
-    # 1.6 step 1-2: ratio excludes the 2theta swing (C quirk)
-    ratio = dot(beam, rotate_xyz(vec.odet, rotx, roty, rotz))
-    ratio = torch.where(ratio == 0, torch.full_like(ratio, 2.2250738585072014e-308), ratio)
     distance = _mm(det.distance_mm if det.distance_mm is not None else 100.0, dtype, device)
-    if det.close_distance_mm is not None:
-        close_distance = _mm(det.close_distance_mm, dtype, device)
-    else:
-        close_distance = torch.abs(ratio * distance)
-    distance = close_distance / ratio
-
-    fdet, sdet, odet = vec.fdet, vec.sdet, vec.odet
-    if pivot == "SAMPLE":
-        pix0 = -Fclose * fdet - Sclose * sdet + close_distance * odet
-        pix0 = rotate_axis(rotate_xyz(pix0, rotx, roty, rotz), axis, twotheta)
-    fdet = rotate_axis(rotate_xyz(fdet, rotx, roty, rotz), axis, twotheta)
-    sdet = rotate_axis(rotate_xyz(sdet, rotx, roty, rotz), axis, twotheta)
-    odet = rotate_axis(rotate_xyz(odet, rotx, roty, rotz), axis, twotheta)
-    if pivot == "BEAM":
-        pix0 = -Fbeam * fdet - Sbeam * sdet + distance * beam
+    close = _mm(det.close_distance_mm, dtype, device) if det.close_distance_mm is not None else None
+    pix0, fdet, sdet, odet, ratio = place_detector(
+        (vec.fdet, vec.sdet, vec.odet), beam, (rotx, roty, rotz), axis, twotheta, pivot,
+        (Fclose, Sclose), (Fbeam, Sbeam), distance, close)
     if mode.pix0_vector and det.pix0_vector_m is not None:
         # spec mode places the first pixel where the user said (the C ignores the value)
         pix0 = as_tensor(det.pix0_vector_m, dtype, device)
@@ -261,6 +247,33 @@ def detector_geometry(cfg: SimConfig, mode: Mode, dtype, device) -> DetectorGeom
         Fclose=Fclose, Sclose=Sclose, Xbeam=Xbeam, Ybeam=Ybeam, Xclose=Xclose, Yclose=Yclose,
         orgx=orgx_out, orgy=orgy_out, dials_origin_mm=dials, twotheta_rad=twotheta,
         twotheta_axis=axis, curved=det.curved, point_pixel=det.point_pixel, vectors=vec)
+
+
+def place_detector(axes, beam, rotation, twotheta_axis, twotheta, pivot, near, direct, distance,
+                   close_distance=None, abs_close=True):
+    """SPEC 1.6 steps 1-5: rotate the detector axes and place its first pixel (pix0).
+
+    axes: (fdet, sdet, odet) before rotation; rotation: (rx, ry, rz) rad about lab x, y, z,
+    then twotheta about twotheta_axis; pivot SAMPLE places pix0 from the near point
+    (Fclose, Sclose) at close_distance before rotating it, BEAM from the direct-beam spot
+    (Fbeam, Sbeam) at `distance` along the beam after. close_distance None: |ratio *
+    distance| (abs_close False: ratio * distance, as nonBragg.c). Returns (pix0, fdet,
+    sdet, odet, ratio), ratio = beam . (odet rotated without two-theta) (a C quirk).
+    """
+    fdet, sdet, odet = axes
+    rx, ry, rz = rotation
+    ratio = dot(beam, rotate_xyz(odet, rx, ry, rz))
+    ratio = torch.where(ratio == 0, torch.full_like(ratio, 2.2250738585072014e-308), ratio)
+    if close_distance is None:
+        close_distance = torch.abs(ratio * distance) if abs_close else ratio * distance
+    distance = close_distance / ratio
+    turn = lambda v: rotate_axis(rotate_xyz(v, rx, ry, rz), twotheta_axis, twotheta)  # noqa: E731
+    if pivot == "SAMPLE":
+        pix0 = turn(-near[0] * fdet - near[1] * sdet + close_distance * odet)
+    fdet, sdet, odet = turn(fdet), turn(sdet), turn(odet)
+    if pivot == "BEAM":
+        pix0 = -direct[0] * fdet - direct[1] * sdet + distance * beam
+    return pix0, fdet, sdet, odet, ratio
 
 
 def _header_centre_from_beam(conv, Fbeam, Sbeam, px, detsize_s):

@@ -219,7 +219,7 @@ def _freeze_convention(cfg: SimConfig) -> None:
 # SimConfig -> Experiment (for write_expt)
 
 def experiment_from_config(cfg: SimConfig, mode: Optional[str] = None, identifier: str = "") -> Experiment:
-    """The experiment cfg simulates (float64): its one panel, beam, crystal at phi = 0 (the
+    """The experiment cfg simulates (float64): its panels, beam, crystal at phi = 0 (the
     reciprocal axes the simulator uses, after misset), spindle and one scan image."""
     import torch
     from .beam import wavelength_m
@@ -246,7 +246,8 @@ def experiment_from_config(cfg: SimConfig, mode: Optional[str] = None, identifie
     phi0, osc = value(cfg.crystal.phi_deg), value(plan.osc_rad) * RTD
     scan = Scan(image_range=(1, 1), osc_start_deg=phi0, osc_width_deg=osc,
                 exposure_s=float(cfg.beam.exposure_s)) if (osc > 0 or phi0 != 0) else None
-    return Experiment(detector=single_panel(cfg, mode), beam=beam, crystal=crystal,
+    detector = cfg.detector.panels if cfg.detector.panels is not None else single_panel(cfg, mode)
+    return Experiment(detector=detector, beam=beam, crystal=crystal,
                       goniometer=Goniometer(axis=floats(vec.spindle)), scan=scan, identifier=identifier)
 
 

@@ -111,6 +111,18 @@ class Image:
         return image_stats(flat(self.float32), flat(self.rendered_mask), flat(self.roi_mask),
                            self.setup.oversample, self.setup.geom.pixel_size_m)
 
+    def check_finite(self) -> None:
+        """Raise NonFiniteImageError if the float32 pixels (what the files hold) are not all
+        finite: e.g. a float64 image beyond float32's range (3.4e38)."""
+        bad = ~np.isfinite(self.float32)
+        if bad.any():
+            from .simulator import NonFiniteImageError, non_finite_message
+            flat = self.float32.reshape(-1, self.float32.shape[-1])
+            k = int(np.argmax(bad.reshape(-1)))
+            s, f = divmod(k, flat.shape[1])
+            raise NonFiniteImageError(non_finite_message(int(bad.sum()), s, f, float(flat[s, f]),
+                                                         "the float32 image"))
+
     def panel(self, i: int) -> "Image":
         """Panel i of a several-panel image, as an Image of its own (its geometry, pixels,
         rendered pixels and statistics; omega_sum stays the whole detector's)."""

@@ -29,7 +29,7 @@ import torch
 from . import amorphous as am
 from .beam import Sources, grid_sources, step_plan
 from .cli import FILE, INT, KAHN, NONNEG, NONNEG_INT, NUM, POS, POS_INT, _choice
-from .detector import DetectorGeometry, LabVectors
+from .detector import place_detector, DetectorGeometry, LabVectors
 from .errors import UsageError
 from .flags import FlagError, Parser, run_main, table
 from .flags import main_cli as flags_main_cli
@@ -38,7 +38,7 @@ from .io import read_smv, read_sourcefile, read_stol, write_float_image, write_p
 from .io.cnum import fmt_g
 from .io.stol import write_stol_rows
 from .units import DEFAULT_FLUENCE, R_E_SQR
-from .vec import cross, dot, rotate_axis, rotate_xyz, unitize
+from .vec import cross, dot, unitize
 
 PROG = "nonbragg-torch"
 BANNER = "nonBragg amorphous material diffraction simulator - James Holton and Ken Frankel 3-19-16"
@@ -622,20 +622,12 @@ def setup(cfg: NonBraggConfig, dtype=torch.float64, device="cpu") -> Setup:
     rx, ry, rz = (t(a) for a in cfg.detector_rot)
     tt = t(twotheta)
     axis = t(cfg.twotheta_axis)                                  # never unitised (SUITE Q8)
-    ratio = dot(beam, rotate_xyz(odet, rx, ry, rz))
-    ratio = torch.where(ratio == 0, torch.full_like(ratio, DBL_MIN), ratio)
-    close = t(cfg.close_distance) if cfg.close_distance is not None else ratio * cfg.distance
-    distance = close / ratio
-    if pivot == "SAMPLE":
-        log.append("pivoting detector around sample")
-        pix0 = -Xclose * fdet - Yclose * sdet + close * odet
-        pix0 = rotate_axis(rotate_xyz(pix0, rx, ry, rz), axis, tt)
-    fdet = rotate_axis(rotate_xyz(fdet, rx, ry, rz), axis, tt)
-    sdet = rotate_axis(rotate_xyz(sdet, rx, ry, rz), axis, tt)
-    odet = rotate_axis(rotate_xyz(odet, rx, ry, rz), axis, tt)
-    if pivot == "BEAM":
-        log.append("pivoting detector around direct beam spot")
-        pix0 = -Xbeam * fdet - Ybeam * sdet + distance * beam
+    log.append("pivoting detector around sample" if pivot == "SAMPLE" else
+               "pivoting detector around direct beam spot")
+    close = t(cfg.close_distance) if cfg.close_distance is not None else None
+    pix0, fdet, sdet, odet, ratio = place_detector(
+        (fdet, sdet, odet), beam, (rx, ry, rz), axis, tt, pivot, (Xclose, Yclose), (Xbeam, Ybeam),
+        cfg.distance, close, abs_close=False)
     if spec and cfg.pix0_vector is not None:
         pix0 = t(cfg.pix0_vector)
     Xclose = -dot(pix0, fdet)

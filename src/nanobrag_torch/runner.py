@@ -95,6 +95,7 @@ def _run(cfg: SimConfig, sim: Simulator, out) -> None:
     show_progress = o.progress and not o.printout
     with torch.no_grad():
         image = sim.run(progress=console.progress_printer(out) if show_progress else None)
+    image.check_finite()            # nothing is written from an image that overflowed
     for warning in image.warnings:
         print(warning, file=out)
     if o.printout:
@@ -146,6 +147,11 @@ def _run(cfg: SimConfig, sim: Simulator, out) -> None:
     if o.nexusfile is not None:
         print(f"writing {o.nexusfile} as NeXus/NXmx ({what})", file=out)
         writers.write_nexus(o.nexusfile, image, noise=noise)
+    if o.exptfile is not None:
+        from .experiment import experiment_from_config
+        from .io.expt import write_expt
+        print(f"writing {o.exptfile} as a DIALS experiment list", file=out)
+        write_expt(o.exptfile, experiment_from_config(image.config, image.mode))
     if o.pngfile is not None:
         print(f"writing {o.pngfile} as PNG preview ({o.png_scale} scale)", file=out)
         writers.write_png(o.pngfile, image)

@@ -19,7 +19,7 @@ import torch
 
 from . import beam as beam_mod
 from . import crystal as crystal_mod
-from . import execution
+from . import execution, resources
 from .background import water_intensity
 from .config import SimConfig, fingerprint, orientation_batch
 from .detector import DetectorGeometry, detector_panels, rendered_pixels
@@ -160,6 +160,8 @@ class Simulator:
             raise ConfigError(f"dtype must be float32 or float64, got {dtype!r}")
         self.dtype = DTYPES[dtype]
         self.device = resolve_device(device if device is not None else config.device)
+        # what the run costs, before any array is made (too much memory or time: stop now)
+        resources.check(resources.estimate(config, self.mode, self.device.type), config.max_hours)
         from .inputs import for_mode
         self.config = for_mode(config, self.mode)
         configs = orientation_batch(self.config)
@@ -242,6 +244,7 @@ class Simulator:
         if pixels is not None:
             return self._run_pixels(cfg, setup, renderer, pixels)
         rendered = renderer.image(progress)
+        _check_finite(rendered.values, setup)
         image = torch.zeros(geom.spixels * geom.fpixels, dtype=self.dtype, device=self.device)
         if rendered.values.numel():
             flat_idx = setup.pixels_s * geom.fpixels + setup.pixels_f
@@ -273,6 +276,25 @@ class Simulator:
         if self._scan_cache is None or self._scan_cache[0] != key:
             self._scan_cache = (key, renderer.scan())
         return self._scan_cache[1]
+
+
+class NonFiniteImageError(ConfigError):
+    """The image holds NaN or infinite pixels (inputs whose arithmetic overflows)."""
+
+
+def _check_finite(values: torch.Tensor, setup: Setup) -> None:
+    """Fail, with the count and the first pixel, rather than return non-finite pixels."""
+    bad = ~torch.isfinite(values.detach())
+    if bool(bad.any()):
+        k = int(torch.nonzero(bad)[0, 0])
+        raise NonFiniteImageError(non_finite_message(int(bad.sum()), int(setup.pixels_s[k]),
+                                                     int(setup.pixels_f[k]), float(values[k])))
+
+
+def non_finite_message(count: int, s: int, f: int, value: float, where: str = "the image") -> str:
+    return (f"{where} has {count} non-finite pixels (first: slow {s}, fast {f}, value {value}): "
+            f"the inputs overflow the arithmetic (check -fluence, -flux, -water and the "
+            f"structure factors)")
 
 
 def _warnings(state) -> tuple:

@@ -368,6 +368,7 @@ FIELDS = {
     "dtype": dtype,
     "device": device,
     "pixel_batch_size": _count_or_none,
+    "max_hours": optional(_num(gt=0, unit="hours")),
 }
 
 

@@ -933,7 +933,7 @@ def _read_inputs(st):
     if st.stol is not None:
         flag, path, mult = st.stol
         cfg.background.stol_file = path
-        inputs.read_stol(cfg, flag)
+        inputs.read_stol(cfg, flag, mode)
         cfg.background.stol_mult = mult
 
 

@@ -2,8 +2,8 @@
 
 The files a config names (crystal.hkl_file, crystal.mat_file, crystal.dump_file,
 beam.source_file, background.stol_file) are read when the config is parsed, so
-bad files fail before anything is written. Three of the reading rules differ
-between the modes (docs/modes.md rows 8-10); `for_mode` re-reads what a config
+bad files fail before anything is written. Four of the reading rules differ
+between the modes (docs/modes.md rows 8-10 and 15); `for_mode` re-reads what a config
 read under the other mode's rules, so `Simulator(cfg, mode=...)` renders what
 parsing with that -mode would have given.
 
@@ -68,9 +68,11 @@ def read_matrix(cfg: SimConfig, flag: str = "-mat") -> None:
     cfg.crystal.mat = read_file(flag, cfg.crystal.mat_file, read_mat)
 
 
-def read_stol(cfg: SimConfig, flag: str = "-stol") -> None:
+def read_stol(cfg: SimConfig, flag: str = "-stol", mode=None) -> None:
+    """background.stol_table from background.stol_file, by `mode`'s rules (default cfg.mode)."""
     from .io.stol import read_stol as read
-    cfg.background.stol_table = read_file(flag, cfg.background.stol_file, read)
+    strict = get_mode(cfg.mode if mode is None else mode).strict_stol_table
+    cfg.background.stol_table = read_file(flag, cfg.background.stol_file, read, strict=strict)
 
 
 def for_mode(cfg: SimConfig, mode) -> SimConfig:
@@ -90,14 +92,20 @@ def for_mode(cfg: SimConfig, mode) -> SimConfig:
         hkl_from_file = file_kind(cfg.crystal.hkl_file) == "text"
     reread_hkl = hkl_differs and hkl_from_file
     reread_sources = sources_differ and cfg.beam.source_file is not None
-    if not (reread_hkl or reread_sources):
+    reread_stol = (read_as.strict_stol_table != mode.strict_stol_table
+                   and cfg.background.stol_file is not None)
+    if not (reread_hkl or reread_sources or reread_stol):
         return cfg
     crystal = dataclasses.replace(cfg.crystal)
     beam = dataclasses.replace(cfg.beam)
-    copy = dataclasses.replace(cfg, crystal=crystal, beam=beam, inputs_read_as=mode.name)
+    background = dataclasses.replace(cfg.background)
+    copy = dataclasses.replace(cfg, crystal=crystal, beam=beam, background=background,
+                               inputs_read_as=mode.name)
     if reread_hkl:
         read_structure_factors(copy, mode, implicit_dump=False,
                                dump_named=cfg.crystal.hkl_file is None)
     if reread_sources:
         read_sources(copy, mode)
+    if reread_stol:
+        read_stol(copy, mode=mode)
     return copy

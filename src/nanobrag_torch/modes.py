@@ -31,6 +31,7 @@ class Mode:
     reduced_lattice_form: bool      # sin(N pi (h-h0)) / sin(pi (h-h0)) (not the C's sin(N pi h) / sin(pi h))
     smooth_mosaic_angles: bool      # domain angles in the run's dtype (the C rounds them to float32)
     smv_adc_offset: bool            # SMV headers carry ADC_OFFSET and a HEADER_BYTES that holds them
+    strict_stol_table: bool         # a -stol line that is not two numbers, or a falling abscissa, is an error
 
     @property
     def c_parity(self) -> bool:
@@ -59,6 +60,7 @@ ROWS = {
     12: "reduced_lattice_form",
     13: "smooth_mosaic_angles",
     14: "smv_adc_offset",
+    15: "strict_stol_table",
 }
 
 

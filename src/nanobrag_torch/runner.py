@@ -1,7 +1,7 @@
 """The command-line run: simulate, print the C's log, write the image files.
 
 Every file the run writes (the image files, one per panel for several panels,
-CBF, NeXus, PNG and the Fdump.bin cache) is checked before the run
+CBF, NeXus, .expt, PNG and the Fdump.bin cache) is checked before the run
 (io.outputs.OutputSet: folder, permissions, name length, not an input, not
 twice); the writers stage each file under a temporary name and all are put in
 place only when every one is complete and the log is flushed, so a failed or
@@ -33,7 +33,7 @@ def output_set(cfg: SimConfig, panels: int = 1) -> OutputSet:
     """The files a run of cfg writes and the files it reads (which no output may be).
 
     panels > 1: one float/SMV/PGM/noise/CBF file per panel (name_p00.img, ...);
-    NeXus and PNG stay one file. The Fdump.bin cache, written after reading a
+    NeXus, the .expt and PNG stay one file. The Fdump.bin cache, written after reading a
     structure-factor file, is optional (the C only warns when it cannot write it).
     """
     o, cr = cfg.output, cfg.crystal
@@ -44,8 +44,8 @@ def output_set(cfg: SimConfig, panels: int = 1) -> OutputSet:
     files += [("-noisefile", o.noisefile)] if o.write_noise else []
     files += [("-cbffile", o.cbffile)] if o.cbffile is not None else []
     paths = [(flag, p) for flag, path in files for p in each(path)]
-    paths += [(flag, path) for flag, path in (("-nexusfile", o.nexusfile), ("-pngfile", o.pngfile))
-              if path is not None]
+    paths += [(flag, path) for flag, path in (("-nexusfile", o.nexusfile), ("-exptfile", o.exptfile),
+                                              ("-pngfile", o.pngfile)) if path is not None]
     inputs = list(cfg.input_files)
     for flag, field in _INPUT_FIELDS:
         obj = cfg

@@ -571,7 +571,8 @@ FLAGS: List[Flag] = (
          "detector layout file (docs/detectors.md); flags override its values"),
     ])
     + _g("Beam", [
-        ("-lambda -wave", "A", (POS,), _set(B + "wavelength_A"), "wavelength (Angstrom, default 1)"),
+        ("-lambda -wave -wavelength", "A", (POS,), _set(B + "wavelength_A"),
+         "wavelength (Angstrom, default 1)"),
         ("-energy", "EV", (POS,), _energy, "photon energy (eV): lambda = 12398.42/E"),
         ("-dispersion", "PCT", (NONNEG,), _set(B + "dispersion_pct"),
          "spectral width delta-lambda/lambda (percent)"),

@@ -58,14 +58,18 @@ class Parser:
 
     positional(word, index) -> bool may accept a word that is no flag (noisify's
     "...floatimage.bin", float_add's file names); anything else is an error.
+    refused: {spelling: the flags to use} for words the C's examples or README use
+    but its parser ignores (docs/flags.md); they are refused naming those flags.
     """
 
-    def __init__(self, prog: str, flags: Sequence[Flag], positional: Optional[Callable] = None):
+    def __init__(self, prog: str, flags: Sequence[Flag], positional: Optional[Callable] = None,
+                 refused: Optional[dict] = None):
         self.prog = prog
         self.flags = list(flags)
         self.by_name = {n: f for f in self.flags for n in f.names}
         assert len(self.by_name) == sum(len(f.names) for f in self.flags), "duplicate flag name"
         self.positional = positional
+        self.refused = dict(refused or {})
 
     def tokenize(self, argv: Sequence[str]) -> List[Use]:
         uses, i = [], 0
@@ -99,6 +103,9 @@ class Parser:
             return UsageError("usage:")
         if not tok.startswith("-") or _is_number(tok):
             return FlagError(f"unexpected argument {tok!r} (no flag takes it as a value)")
+        if tok in self.refused:
+            return FlagError(f"{tok} is not a {self.prog.replace('-torch', '')} flag (it appears "
+                             f"only in examples; the C ignores it); use {self.refused[tok]}")
         key = "-" + tok.lstrip("-").lower()
         close = [n for n in self.by_name if n.lower() == key]
         if not close:

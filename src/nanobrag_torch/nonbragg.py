@@ -446,7 +446,11 @@ FLAGS = (
          "where tensors live"),
     ])
 )
-PARSER = Parser(PROG, FLAGS)
+# spelled in nonBragg.c's own example command and the README, never read by its parser
+REFUSED = {"-hdiv": "-hdivrange MRAD, -hdivstep MRAD or -hdivsteps N",
+           "-vdiv": "-vdivrange MRAD, -vdivstep MRAD or -vdivsteps N",
+           "-dispstep": "-dispsteps N (count) or -dispersion PCT (range)"}
+PARSER = Parser(PROG, FLAGS, refused=REFUSED)
 
 
 class _State:

@@ -129,6 +129,11 @@ def _resolve(p: str, optional: bool) -> _Target:
     except FileNotFoundError:
         lst = None
     except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            folder = os.path.dirname(p) or "."
+            name = os.fsencode(os.path.basename(p))
+            raise _error(p, f"cannot write file (the name is {len(name)} bytes long, more than "
+                            f"the file system's limit of {_name_max(folder)})") from None
         raise _error(p, f"cannot write file ({_os_reason(exc)})") from None
     final, st = p, lst
     if lst is not None and stat.S_ISLNK(lst.st_mode):

@@ -618,3 +618,22 @@ def test_closed_pipe_console_path(tmp_path):
     assert one_line_error(err) == ("nanobrag-torch: error: cannot write to standard output "
                                    "(Broken pipe); no files written")
     assert os.listdir(tmp_path) == []
+
+
+def test_flags_doc_matches_the_flag_table():
+    """docs/flags.md: every spelling it says we accept is a row name of cli.FLAGS, and every
+    name of cli.FLAGS that is not port-only or refused appears in its table."""
+    import re
+    text = (REPO / "docs" / "flags.md").read_text()
+    table = text.split("## Every pattern", 1)[1].split("\n## ", 1)[0]
+    accepted = set()
+    for row in table.splitlines():
+        cols = row.split(" | ")
+        if row.startswith("| `") and len(cols) >= 3:
+            accepted |= set(re.findall(r"`(-[^`]+)`", cols[1]))
+    names = {n: f for f in cli.FLAGS for n in f.names}
+    assert accepted <= set(names)
+    port_only = set(re.findall(r"`(-{1,2}[A-Za-z0-9_]+)[` ]", text.split("## Flags of this port only", 1)[1]
+                               .split("\n## ", 1)[0]))
+    missing = {n for n, f in names.items() if not f.hidden} - accepted - port_only
+    assert not missing

@@ -193,7 +193,8 @@ def test_tilted_panel_and_beam_in_c_parity_mode(tmp_path):
 
 @needs_expt
 @pytest.mark.parametrize("argv, status, message", [
-    (["-expt", "inputs/expt/tiled_2x2.expt"], 1, "the detector has 4 panels: multi-panel rendering"),
+    (["-expt", "inputs/expt/tiled_2x2.expt", "-distance", "90"], 1,
+     "a detector of 4 panels is placed by the file: flags that move or resize the detector do not apply"),
     (["-expt", "inputs/expt/single_mosflm.expt", "-xds"], 2, "-xds cannot be combined with -expt"),
     (["-expt", "inputs/expt/single_mosflm.expt", "-expt_image", "6"], 2,
      "-expt_image 6: not an image of inputs/expt/single_mosflm.expt (images 1..5)"),
@@ -312,8 +313,10 @@ def test_layout_with_flags(rundir, tmp_path):
     assert cfg.detector.pix0_vector_m == [0.08, 0.005, -0.006] and cfg.detector.detpixels == [64, 48]
     assert cfg.detector.pixel_size_mm == 0.1 and cfg.detector.thickness_um == pytest.approx(100)
     assert cfg.beam.beam_vector == [0.0, 0.0, 1.0]      # -xds's beam kept under CUSTOM
-    assert main(["-cell", "50", "-default_F", "1", "-detector_json",
-                 str(REPO / "examples" / "detector_2x2.json")]) == 1
+    # several panels render (tests/test_panels.py); flags that would move them are refused
+    two = ["-cell", "50", "-default_F", "1", "-N", "2", "-detector_json", str(REPO / "examples" / "detector_2x2.json")]
+    assert main(two + ["-nonoise", "-nopgm"]) == 0
+    assert main(two + ["-pixel", "0.1"]) == 1
 
 
 GOOD = {"format": "nanobrag-torch detector", "version": 1, "defaults": {"pixel_size_mm": 0.1},

@@ -679,6 +679,8 @@ FLAGS: List[Flag] = (
          "DIALS experiment list: beam, detector, crystal, spindle, scan; flags override it"),
         ("-expt_image", "K", (POS_INT,), _set(S + "expt_image"),
          "simulate image K of the -expt scan (default: its first)"),
+        ("-nimages", "N", (POS_INT,), _set(O + "nimages"),
+         "a rotation sweep: N images, image i at -phi START + i * (its -osc), numbered files"),
         ("-version --version", "", (), _nothing, "print the version and exit"),
     ])
     + _g("Not supported", [

@@ -220,6 +220,7 @@ class OutputConfig:
     nexusfile: Optional[str] = None    # -nexusfile: NeXus/NXmx of photon counts (io.nexus)
     pngfile: Optional[str] = None      # -pngfile: PNG preview (io.png)
     png_scale: str = "linear"          # -png_scale linear | log
+    nimages: Optional[int] = None      # -nimages N: a rotation sweep of N images (sweep.py)
 
 
 @dataclass

@@ -1027,7 +1027,7 @@ def _check_outputs(st):
             raise FlagError(f"-cbffile {o.cbffile}: miniCBF cannot describe this detector: "
                             f"{problem}; write NeXus instead (-nexusfile NAME.nxs), which "
                             f"records any geometry")
-        if not re.search(r"\d\.cbf$", o.cbffile, re.IGNORECASE):
+        if not o.nimages and not re.search(r"\d\.cbf$", o.cbffile, re.IGNORECASE):
             cfg.notes.append(f"note: DIALS finds miniCBF images by a numbered name "
                              f"(image_00001.cbf); {o.cbffile} has no number")
     if o.nexusfile is not None:

@@ -1018,6 +1018,9 @@ def _check_outputs(st):
     """Optional packages and geometry limits of the requested image formats, before any run."""
     from .io._optional import require
     cfg, o = st.cfg, st.cfg.output
+    if o.nimages:
+        from .sweep import width_deg
+        width_deg(cfg)              # a sweep needs the oscillation of one image
     if o.cbffile is not None:
         require("fabio.cbfimage")
         from .io.cbf import geometry_problem

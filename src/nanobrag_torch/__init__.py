@@ -16,6 +16,8 @@ from .image import Image, Stats
 from .io.sf import structure_factors
 from .modes import C_PARITY, SPEC, Mode
 from .simulator import Simulator, SuspiciousValueWarning, simulate
+from .sweep import sweep, sweep_path
+from .shots import shot_path, shots
 from .validate import validate
 from . import writers
 from .writers import (noise_counts, write_cbf, write_float, write_nexus, write_noise, write_pgm,
@@ -27,5 +29,5 @@ __all__ = ["config_from_args", "simulate", "Simulator", "Image", "Stats", "SimCo
            "C_PARITY", "write_float", "write_smv", "write_pgm", "write_noise", "noise_counts", "write_cbf",
            "write_nexus", "write_png",
            "ConfigError", "ConfigValueError", "ConfigTypeError", "ConfigConflictError",
-           "UsageError", "SuspiciousValueWarning", "structure_factors"]
+           "UsageError", "SuspiciousValueWarning", "structure_factors", "sweep", "sweep_path", "shots", "shot_path"]
 __version__ = "0.1.0"

@@ -679,6 +679,15 @@ FLAGS: List[Flag] = (
          "DIALS experiment list: beam, detector, crystal, spindle, scan; flags override it"),
         ("-expt_image", "K", (POS_INT,), _set(S + "expt_image"),
          "simulate image K of the -expt scan (default: its first)"),
+        ("-nimages", "N", (POS_INT,), _set(O + "nimages"),
+         "a rotation sweep: N images, image i at -phi START + i * (its -osc), numbered files"),
+        ("-shots", "N", (POS_INT,), _set(O + "shots"),
+         "a serial batch: N stills, each a uniformly random orientation from -seed S, "
+         "numbered files and a manifest"),
+        ("-shot", "K", (POS_INT,), _set(O + "shot"),
+         "with -shots: render shot K alone (the batch's file, bit for bit)"),
+        ("-manifest", "FILE", (FILE,), _set(O + "manifest"),
+         "the batch's CSV manifest (default shots.csv)"),
         ("-version --version", "", (), _nothing, "print the version and exit"),
     ])
     + _g("Not supported", [
@@ -1016,6 +1025,18 @@ def _check_outputs(st):
     """Optional packages and geometry limits of the requested image formats, before any run."""
     from .io._optional import require
     cfg, o = st.cfg, st.cfg.output
+    if o.nimages:
+        from .sweep import width_deg
+        width_deg(cfg)              # a sweep needs the oscillation of one image
+        if o.shots:
+            raise FlagError("-shots: a batch of stills, not with -nimages (a sweep)")
+    if o.shot and not o.shots:
+        raise FlagError("-shot: renders one shot of a batch: give -shots N too")
+    if o.shots:
+        if o.seed is None:
+            raise FlagError("-shots: a batch needs a seed (-seed S), which fixes every shot")
+        if o.shot and o.shot > o.shots:
+            raise FlagError(f"-shot: {o.shot} is not a shot of the batch (1..{o.shots})")
     if o.cbffile is not None:
         require("fabio.cbfimage")
         from .io.cbf import geometry_problem
@@ -1025,7 +1046,7 @@ def _check_outputs(st):
             raise FlagError(f"-cbffile {o.cbffile}: miniCBF cannot describe this detector: "
                             f"{problem}; write NeXus instead (-nexusfile NAME.nxs), which "
                             f"records any geometry")
-        if not re.search(r"\d\.cbf$", o.cbffile, re.IGNORECASE):
+        if not (o.nimages or o.shots) and not re.search(r"\d\.cbf$", o.cbffile, re.IGNORECASE):
             cfg.notes.append(f"note: DIALS finds miniCBF images by a numbered name "
                              f"(image_00001.cbf); {o.cbffile} has no number")
     if o.nexusfile is not None:

@@ -220,6 +220,10 @@ class OutputConfig:
     nexusfile: Optional[str] = None    # -nexusfile: NeXus/NXmx of photon counts (io.nexus)
     pngfile: Optional[str] = None      # -pngfile: PNG preview (io.png)
     png_scale: str = "linear"          # -png_scale linear | log
+    nimages: Optional[int] = None      # -nimages N: a rotation sweep of N images (sweep.py)
+    shots: Optional[int] = None        # -shots N: a serial batch of N random stills (shots.py)
+    shot: Optional[int] = None         # -shot K: render only shot K of the batch
+    manifest: str = "shots.csv"        # -manifest FILE: the batch's manifest (CSV)
 
 
 @dataclass

@@ -21,6 +21,7 @@ from .errors import ConfigError
 from .image import panel_path
 from .io.outputs import OutputSet
 from .simulator import Simulator, SuspiciousValueWarning
+from .sweep import sweep_path  # noqa: E402 (the module, not nanobrag_torch.sweep the function)
 
 
 _INPUT_FIELDS = (("-hkl", "crystal.hkl_file"), ("-model", "crystal.model_file"),
@@ -35,17 +36,25 @@ def output_set(cfg: SimConfig, panels: int = 1) -> OutputSet:
     panels > 1: one float/SMV/PGM/noise/CBF file per panel (name_p00.img, ...);
     NeXus, the .expt and PNG stay one file. The Fdump.bin cache, written after reading a
     structure-factor file, is optional (the C only warns when it cannot write it).
+    A sweep (-nimages N): every file but NeXus once per image, numbered from 1
+    (sweep.sweep_path: name_00001.img, then per panel name_p00_00001.img); NeXus one
+    file holding the stack.
     """
     o, cr = cfg.output, cfg.crystal
-    each = ((lambda path: [panel_path(path, i) for i in range(panels)]) if panels > 1
-            else (lambda path: [path]))
+    per_panel = ((lambda path: [panel_path(path, i) for i in range(panels)]) if panels > 1
+                 else (lambda path: [path]))
+    numbered = (lambda path: [path]) if not (o.nimages or o.shots) else (
+        lambda path: [sweep_path(path, i) for i in _indices(o)])
+    each = lambda path: [q for p in numbered(path) for q in per_panel(p)]  # noqa: E731
     files = [("-floatfile", o.floatfile), ("-intfile", o.intfile)]
     files += [("-pgmfile", o.pgmfile)] if o.write_pgm else []
     files += [("-noisefile", o.noisefile)] if o.write_noise else []
     files += [("-cbffile", o.cbffile)] if o.cbffile is not None else []
     paths = [(flag, p) for flag, path in files for p in each(path)]
-    paths += [(flag, path) for flag, path in (("-nexusfile", o.nexusfile), ("-exptfile", o.exptfile),
-                                              ("-pngfile", o.pngfile)) if path is not None]
+    paths += [("-nexusfile", o.nexusfile)] if o.nexusfile is not None else []
+    paths += [("-manifest", o.manifest)] if o.shots and not o.shot else []
+    paths += [(flag, p) for flag, path in (("-exptfile", o.exptfile), ("-pngfile", o.pngfile))
+              if path is not None for p in numbered(path)]
     inputs = list(cfg.input_files)
     for flag, field in _INPUT_FIELDS:
         obj = cfg
@@ -56,6 +65,13 @@ def output_set(cfg: SimConfig, panels: int = 1) -> OutputSet:
         inputs.append(("-dump", cr.dump_file))          # F read from the cache
     dump = [("-dump", cr.dump_file)] if cr.hkl_file is not None else []
     return OutputSet(paths, inputs=inputs, optional=dump)
+
+
+def _indices(o) -> list:
+    """The numbers (from 0) of the files of a sweep or a batch."""
+    if o.shots:
+        return [o.shot - 1] if o.shot else list(range(o.shots))
+    return list(range(o.nimages))
 
 
 def run(cfg: SimConfig, out=None) -> int:
@@ -74,12 +90,17 @@ def run(cfg: SimConfig, out=None) -> int:
     outputs = output_set(cfg, 1 if panel_geoms is None else len(panel_geoms))
     outputs.check()
     with outputs.staged():
-        _run(cfg, sim, out)
+        if cfg.output.nimages:
+            _run_sweep(cfg, sim, out)
+        elif cfg.output.shots:
+            _run_shots(cfg, sim, out)
+        else:
+            _run(cfg, sim, out)
         out.flush()          # a closed or full stdout fails the run before anything is put in place
     return 0
 
 
-def _run(cfg: SimConfig, sim: Simulator, out) -> None:
+def _prologue(cfg: SimConfig, sim: Simulator, out) -> None:
     from . import io
     for warning in sim.warnings:      # legal but suspicious values: once, on stderr
         print(f"nanobrag-torch: warning: {warning}", file=sys.stderr)
@@ -91,6 +112,128 @@ def _run(cfg: SimConfig, sim: Simulator, out) -> None:
         except ConfigError:     # as the C: a cache that cannot be written is not fatal
             console.say(out, f"WARNING: unable to open dump file: {cfg.crystal.dump_file}")
 
+
+def _run_sweep(cfg: SimConfig, sim: Simulator, out) -> None:
+    """-nimages N: the sweep's images one at a time, each image's files numbered from 1,
+    NeXus as one stack; one progress meter over the whole sweep."""
+    import contextlib
+    import dataclasses
+    import time
+
+    from .sweep import width_deg
+    _prologue(cfg, sim, out)
+    o, n = cfg.output, cfg.output.nimages
+    width = width_deg(cfg)
+    print(f"sweep of {n} images: phi {float(cfg.crystal.phi_deg):g} + i * {width:g} deg", file=out)
+    show_progress = o.progress and not o.printout
+    if o.write_noise and o.seed is None:     # one time-based seed for the whole sweep
+        sim.config = dataclasses.replace(sim.config, output=dataclasses.replace(
+            sim.config.output, seed=int(time.time())))
+    with contextlib.ExitStack() as stack:
+        nexus = None
+        if o.nexusfile is not None:
+            from .io.nexus import NexusStack
+            nexus = stack.enter_context(NexusStack(o.nexusfile, n))
+        images = sim.sweep(n, progress=console.progress_printer(out) if show_progress else None)
+        with torch.no_grad():
+            for i, image in enumerate(images):
+                image.check_finite()
+                _write_image(image, i, out, nexus, n)
+    if o.nexusfile is not None:
+        print(f"wrote {o.nexusfile} as NeXus/NXmx: {n} images", file=out)
+
+
+def _run_shots(cfg: SimConfig, sim: Simulator, out) -> None:
+    """-shots N: N stills of random orientation, numbered files, one NeXus stack, the
+    CSV manifest; -shot K: shot K alone (its files only, no manifest)."""
+    import contextlib
+    import csv
+    import io as _io
+
+    from .io._common import atomic_write
+    from .shots import MANIFEST_COLUMNS, manifest_row, run_shots
+    _prologue(cfg, sim, out)
+    o, n, seed = cfg.output, cfg.output.shots, cfg.output.seed
+    ks = [o.shot] if o.shot else list(range(1, n + 1))
+    print(f"serial batch of {n} shots, seed {seed}" + (f": shot {o.shot} alone" if o.shot else ""),
+          file=out)
+    show_progress = o.progress and not o.printout
+    rows = []
+    with contextlib.ExitStack() as stack:
+        nexus = None
+        if o.nexusfile is not None:
+            from .io.nexus import NexusStack
+            nexus = stack.enter_context(NexusStack(o.nexusfile, len(ks)))
+        images = run_shots(sim, seed, ks, console.progress_printer(out) if show_progress else None)
+        with torch.no_grad():
+            for j, (k, image) in enumerate(images):
+                image.check_finite()
+                files = _write_image(image, k - 1, out, nexus, len(ks), label=f"shot {k}/{n}",
+                                     nexus_still=True)
+                rows.append(manifest_row(k, seed, image, files))
+    if not o.shot:
+        buf = _io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(MANIFEST_COLUMNS)
+        w.writerows(rows)
+        atomic_write(o.manifest, [buf.getvalue().encode()])
+        print(f"writing {o.manifest} as the manifest of {n} shots", file=out)
+
+
+def _write_image(image, i: int, out, nexus, n: int, label=None, nexus_still=False) -> list:
+    """Image i (from 0) of a sweep or a batch: its numbered files and one summary line;
+    returns the files written (NeXus aside)."""
+    from .sweep import experiment_stack
+    o = image.config.output
+    num = lambda path: sweep_path(path, i)  # noqa: E731
+    stats = image.stats
+    noise = writers.noise_counts(image) if o.write_noise else None
+    writers.write_float(num(o.floatfile), image)
+    scale = writers.write_smv(num(o.intfile), image)
+    if o.write_pgm:
+        writers.write_pgm(num(o.pgmfile), image)
+    if noise is not None:
+        writers.write_noise(num(o.noisefile), image, noise=noise)
+    if o.cbffile is not None:
+        writers.write_cbf(num(o.cbffile), image, noise=noise)
+    if nexus is not None:
+        exp = writers.experiment(image)
+        exp = _stills(exp, n) if nexus_still else experiment_stack(exp, image.config, n)
+        nexus.add(writers.detector_counts(image, noise), exp)
+    if o.exptfile is not None:
+        from .experiment import experiment_from_config
+        from .io.expt import write_expt
+        write_expt(num(o.exptfile), experiment_from_config(image.config, image.mode))
+    if o.pngfile is not None:
+        writers.write_png(num(o.pngfile), image)
+    phi = float(image.config.crystal.phi_deg)
+    label = label or f"image {i + 1}/{n}: phi {phi:g} deg"
+    line = (f"{label}: {num(o.floatfile)} {num(o.intfile)} "
+            f"max_I = {stats.max_I:g} mean= {stats.mean:g} intfile_scale = {scale:g}")
+    if noise is not None:
+        line += f" {noise.photons:.0f} photons on {num(o.noisefile)}"
+    print(line, file=out)
+    for warning in image.warnings:
+        print(warning, file=out)
+    P = image.panel_count
+    files = [num(o.floatfile), num(o.intfile)] + ([num(o.pgmfile)] if o.write_pgm else []) \
+        + ([num(o.noisefile)] if noise is not None else []) \
+        + ([num(o.cbffile)] if o.cbffile is not None else [])
+    if P > 1:
+        files = [panel_path(f, p) for f in files for p in range(P)]
+    files += [num(f) for f in (o.exptfile, o.pngfile) if f is not None]
+    return files
+
+
+def _stills(exp, n):
+    """The experiment of n stills (no scan)."""
+    import dataclasses
+    rep = lambda e: dataclasses.replace(e, phi_start_deg=(0.0,) * n, phi_width_deg=(0.0,) * n)  # noqa: E731
+    return [rep(e) for e in exp] if isinstance(exp, list) else rep(exp)
+
+
+def _run(cfg: SimConfig, sim: Simulator, out) -> None:
+    _prologue(cfg, sim, out)
     o = cfg.output
     show_progress = o.progress and not o.printout
     with torch.no_grad():

@@ -223,6 +223,16 @@ class Simulator:
         return Image(torch.stack([im.pixels for im in images]), first.setup, self.config,
                      self.mode.name, first.omega_sum, first.warnings, first.pixel_indices, first.state)
 
+    def sweep(self, nimages: int, progress=None):
+        """A rotation sweep (sweep.py): a generator of the nimages Images, image i (from 0)
+        equal bit for bit to a single run at -phi START + i*WIDTH (WIDTH: the config's -osc),
+        one at a time. progress: callback(done, total) over the whole sweep. Full images of
+        one orientation only (no batch of orientations)."""
+        from .sweep import run_sweep
+        if self.batch is not None:
+            raise ConfigError("-nimages: a sweep takes one orientation, not a batch")
+        return run_sweep(self, nimages, progress)
+
     def _setup_for(self, cfg: SimConfig) -> Setup:
         # continuous quantities are rebuilt from the config (so gradients reach it);
         # step counts and other static choices stay as decided at construction

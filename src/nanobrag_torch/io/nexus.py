@@ -54,48 +54,97 @@ def write_nexus(path, images, exp, *, counts: bool = True,
     for a curved detector or a missing h5py/hdf5plugin; the file appears complete
     or not at all.
     """
-    panels = list(exp) if isinstance(exp, (list, tuple)) else None
-    if panels is not None:
-        exp = _stacked(panels)
-        arr = np.asarray(images)
-        arr = arr.reshape((-1,) + arr.shape[-3:]) if arr.ndim in (3, 4) else arr
-        images = arr.reshape(arr.shape[0], -1, arr.shape[-1])            # (N, P*S, F)
-    if exp.curved:
-        raise ConfigError(f"{path}: NeXus cannot describe a curved detector (-curved_det)")
     arr = np.asarray(images)
-    if arr.ndim == 2:
-        arr = arr[None]
-    if arr.ndim != 3 or arr.shape[1:] != (exp.spixels, exp.fpixels):
-        raise ValueError(f"NeXus images must be (S, F) or (N, S, F) with (S, F) = "
-                         f"({exp.spixels}, {exp.fpixels}), got shape {np.shape(images)}")
-    if arr.shape[0] != exp.n_images:
-        raise ValueError(f"{arr.shape[0]} image(s) but the experiment describes {exp.n_images}")
-    data = exp.counts(arr) if counts else arr.astype(np.float32)
-    h5py = require("h5py")
-    hdf5plugin = require("hdf5plugin")
-    compression = hdf5plugin.Bitshuffle(cname="lz4")
-    R = lab_to_mcstas(exp)
-    mc = lambda v: R @ np.asarray(v, dtype=np.float64)  # noqa: E731
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as fh:
-            _root(fh, path, now)
-            entry = _group(fh, "entry", "NXentry", default="data")
-            entry["definition"] = "NXmx"
-            entry["start_time"] = start_time or now
-            entry["end_time_estimated"] = start_time or now
-            nxdata = _group(entry, "data", "NXdata", signal="data")
-            nxdata.create_dataset("data", data=data, chunks=(1,) + data.shape[1:], **compression)
-            _group(entry, "source", "NXsource")["name"] = "nanobrag-torch simulation"
-            instrument = _group(entry, "instrument", "NXinstrument")
-            instrument["name"] = "nanobrag-torch simulation"
-            _beam(instrument, exp, mc)
-            det = _detector(instrument, exp, R, compression, data.dtype)
-            for i, p in enumerate(panels or [exp]):
-                _module(det, "module" if panels is None else f"module_{i:02d}", p.fpixels, p.spixels,
-                        mc(p.fdet), mc(p.sdet), mc(p.pix0_m), mc(p.odet), p.pixel_size_m,
-                        origin=(i * (exp.spixels // len(panels or [exp])), 0))
-            _sample(entry, exp, mc)
+    flat = arr[None] if (arr.ndim == 2 or (isinstance(exp, (list, tuple)) and arr.ndim == 3)) else arr
+    with NexusStack(path, flat.shape[0], counts=counts, start_time=start_time) as stack:
+        for frame in flat:
+            stack.add(frame, exp)
+
+
+class NexusStack:
+    """An NXmx file written one image at a time (a rotation sweep that never holds its stack):
+
+        with NexusStack("sweep.nxs", n) as stack:
+            for image, exp in ...:        # exp: the sweep's Experiment (n_images = n)
+                stack.add(image, exp)     # (S, F), or (P, S, F) with one Experiment per panel
+
+    The file (data (n, S, F), one chunk per image, and the geometry and scan of the first
+    add's Experiment) is created at the first add and appears complete, when the block
+    ends normally after n adds, or not at all. See write_nexus for counts and panels.
+    """
+
+    def __init__(self, path, n: int, *, counts: bool = True, start_time: Optional[str] = None):
+        self.path, self.n, self.counts, self.start_time = path, int(n), counts, start_time
+        self.done, self._fh, self._data, self._exp = 0, None, None, None
+
+    def __enter__(self):
+        import contextlib
+        self._stack = contextlib.ExitStack()
+        self._tmp = self._stack.enter_context(atomic_path(self.path))
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        import sys
+        try:
+            if self._fh is not None:
+                self._fh.close()
+            if kind is None and self.done != self.n:
+                raise ValueError(f"{self.path}: {self.done} image(s) written of the {self.n} declared")
+        except BaseException:
+            if not self._stack.__exit__(*sys.exc_info()):
+                raise
+            return False
+        return self._stack.__exit__(kind, exc, tb)
+
+    def add(self, image, exp) -> None:
+        panels = list(exp) if isinstance(exp, (list, tuple)) else None
+        if panels is not None:
+            exp = _stacked(panels)
+            arr = np.asarray(image)
+            image = arr.reshape(-1, arr.shape[-1])                        # (P*S, F)
+        if exp.curved:
+            raise ConfigError(f"{self.path}: NeXus cannot describe a curved detector (-curved_det)")
+        arr = np.asarray(image)
+        if arr.shape != (exp.spixels, exp.fpixels):
+            raise ValueError(f"NeXus images must be (S, F) or (N, S, F) with (S, F) = "
+                             f"({exp.spixels}, {exp.fpixels}), got shape {np.shape(image)}")
+        if self.n != exp.n_images:
+            raise ValueError(f"{self.n} image(s) but the experiment describes {exp.n_images}")
+        if self.done >= self.n:
+            raise ValueError(f"{self.path}: more than the {self.n} image(s) declared")
+        data = exp.counts(arr) if self.counts else arr.astype(np.float32)
+        if self._fh is None:
+            self._create(exp, panels, data.dtype)
+        self._data[self.done] = data
+        self.done += 1
+
+    def _create(self, exp, panels, dtype) -> None:
+        h5py = require("h5py")
+        hdf5plugin = require("hdf5plugin")
+        compression = hdf5plugin.Bitshuffle(cname="lz4")
+        R = lab_to_mcstas(exp)
+        mc = lambda v: R @ np.asarray(v, dtype=np.float64)  # noqa: E731
+        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        fh = self._fh = h5py.File(self._tmp, "w")
+        _root(fh, self.path, now)
+        entry = _group(fh, "entry", "NXentry", default="data")
+        entry["definition"] = "NXmx"
+        entry["start_time"] = self.start_time or now
+        entry["end_time_estimated"] = self.start_time or now
+        nxdata = _group(entry, "data", "NXdata", signal="data")
+        shape = (self.n, exp.spixels, exp.fpixels)
+        self._data = nxdata.create_dataset("data", shape=shape, dtype=dtype,
+                                           chunks=(1,) + shape[1:], **compression)
+        _group(entry, "source", "NXsource")["name"] = "nanobrag-torch simulation"
+        instrument = _group(entry, "instrument", "NXinstrument")
+        instrument["name"] = "nanobrag-torch simulation"
+        _beam(instrument, exp, mc)
+        det = _detector(instrument, exp, R, compression, dtype)
+        for i, p in enumerate(panels or [exp]):
+            _module(det, "module" if panels is None else f"module_{i:02d}", p.fpixels, p.spixels,
+                    mc(p.fdet), mc(p.sdet), mc(p.pix0_m), mc(p.odet), p.pixel_size_m,
+                    origin=(i * (exp.spixels // len(panels or [exp])), 0))
+        _sample(entry, exp, mc)
 
 
 def _stacked(panels: list) -> Experiment:

@@ -351,6 +351,14 @@ class Stage:
             return self._failed(t, exc)
         return True
 
+    def staged_file(self, path) -> str | None:
+        """The temporary file now holding path's staged content (to checksum it), or None."""
+        t = self.outputs.targets.get(_key(path))
+        for target, tmp, _ in self._temps:
+            if target is t:
+                return tmp
+        return None
+
     @contextmanager
     def path(self, path):
         """A temporary path for a library to write path's file at (CBF, NeXus, PNG).

@@ -1,0 +1,128 @@
+"""Serial batches: N still shots of randomly oriented crystals (-shots N), with a manifest.
+
+    import nanobrag_torch as nb
+    cfg = nb.config_from_args([... , "-seed", "7"])
+    for k, image in nb.shots(cfg, 200):           # shot k (from 1), one Image at a time
+        nb.write_smv(nb.shot_path("shot.img", k), image)
+
+Shot k of batch seed s depends on (s, k) only: its orientation U_k is uniform over the
+rotations, the unit quaternion of four standard normal numbers drawn by NumPy's PCG64 from
+SeedSequence([s, k]) (the same on any machine, in any order, on any worker); it is applied
+after the config's own orientation (the misset, or -mat) as crystal.orientation. Its noise
+image draws from noise_seed(s, k) = SeedSequence([s, k, 1]).generate_state(1)[0] mod 2^31.
+So `-shots N -shot K` renders shot K alone, bit for bit the file of the batch.
+
+The manifest (CSV, one row per shot, -manifest FILE, default shots.csv) holds: shot, seed
+(the batch's), noise_seed, the crystal's A matrix in the convention of -mat (A11 ... A33:
+the file's 9 numbers in order, a*, b*, c* as columns, in 1/Angstrom times the wavelength,
+at phi = 0), the rotation U11 ... U33, and each written file with its sha256.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Iterator
+
+import numpy as np
+
+from .config import SimConfig
+from .errors import ConfigError
+from .sweep import sweep_path
+
+MANIFEST_COLUMNS = (["shot", "seed", "noise_seed"] + [f"A{i}{j}" for i in (1, 2, 3) for j in (1, 2, 3)]
+                    + [f"U{i}{j}" for i in (1, 2, 3) for j in (1, 2, 3)] + ["files", "sha256"])
+
+
+def shot_path(path, k: int) -> str:
+    """The file of shot k (from 1): name_00001.ext."""
+    return sweep_path(path, k - 1)
+
+
+def shot_rotation(seed: int, k: int) -> np.ndarray:
+    """The rotation U (3, 3) of shot k of batch seed: uniform over SO(3), from (seed, k) only."""
+    q = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), int(k)]))).standard_normal(4)
+    w, x, y, z = q / np.linalg.norm(q)
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
+def noise_seed(seed: int, k: int) -> int:
+    """The noise seed of shot k of batch seed (positive, < 2^31)."""
+    return int(np.random.SeedSequence([int(seed), int(k), 1]).generate_state(1)[0]) % (2 ** 31 - 1) + 1
+
+
+def shot_config(cfg: SimConfig, seed: int, k: int) -> SimConfig:
+    """The config of shot k (from 1): cfg with orientation U_k and its noise seed."""
+    if cfg.crystal.orientation is not None:
+        raise ConfigError("-shots: the shots draw their own orientations (crystal.orientation is set)")
+    return dataclasses.replace(
+        cfg, crystal=dataclasses.replace(cfg.crystal, orientation=shot_rotation(seed, k)),
+        output=dataclasses.replace(cfg.output, seed=noise_seed(seed, k), shots=None, shot=None))
+
+
+def check(n, what="-shots") -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+        raise ConfigError(f"{what}: must be a positive integer, got {n!r}")
+    return n
+
+
+def run_shots(sim, seed: int, ks, progress=None) -> Iterator:
+    """(k, Image) for each shot k of ks, rendered by one Simulator."""
+    ks = list(ks)
+    for k in ks:
+        check(k, "-shot")
+    for j, k in enumerate(ks):
+        cb = None if progress is None else (lambda done, n, j=j: progress(j * n + done, len(ks) * n))
+        yield k, sim._run_one(shot_config(sim.config, seed, k), cb, None)
+
+
+def shots(config: SimConfig, nshots: int, seed: int | None = None, *, only=None, mode=None,
+          dtype=None, device=None, compile=None, progress=None) -> Iterator:
+    """(k, Image) for shots k = 1..nshots (or only those in `only`), one at a time.
+
+    seed: the batch seed (None: the config's -seed, which must then be given)."""
+    from .simulator import Simulator
+    check(nshots)
+    seed = config.output.seed if seed is None else seed
+    if seed is None:
+        raise ConfigError("-shots: a batch needs a seed (-seed S)")
+    ks = range(1, nshots + 1) if only is None else list(only)
+    for k in ks:
+        if not 1 <= k <= nshots:
+            raise ConfigError(f"-shot: {k} is not a shot of the batch (1..{nshots})")
+    sim = Simulator(config, mode=mode, dtype=dtype, device=device, compile=compile)
+    yield from run_shots(sim, seed, ks, progress)
+
+
+def a_matrix(image) -> np.ndarray:
+    """The crystal's A matrix of an image in the -mat convention (3, 3): column j is the
+    j-th reciprocal vector (a*, b*, c*) in 1/Angstrom times the wavelength (Angstrom)."""
+    lat = image.setup.lattice
+    lam = float(image.config.beam.wavelength_A)
+    cols = [np.asarray(v.detach().cpu().double().numpy()) * lam
+            for v in (lat.a_star, lat.b_star, lat.c_star)]
+    return np.stack(cols, axis=1)
+
+
+def sha256_of(path) -> str:
+    from .io.outputs import active_stage
+    stage = active_stage()
+    real = stage.staged_file(path) if stage is not None else None
+    h = hashlib.sha256()
+    with open(real or path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def manifest_row(k: int, seed: int, image, files) -> list:
+    A = a_matrix(image)
+    U = np.asarray(image.config.crystal.orientation, dtype=np.float64)
+    return ([k, seed, image.config.output.seed] + [repr(float(x)) for x in A.reshape(-1)]
+            + [repr(float(x)) for x in U.reshape(-1)]
+            + [" ".join(files), " ".join(sha256_of(f) for f in files)])
+
+
+__all__ = ["shots", "shot_path", "shot_rotation", "noise_seed", "shot_config", "a_matrix",
+           "MANIFEST_COLUMNS"]

@@ -611,15 +611,19 @@ def test_at_abs_001_layer_fractions():
     """AT-ABS-001 / SPEC 3.2, 4.1: -detector_thick 200 um alone -> 2 layers of Δz = 100 um; with
     μ = 1/300 um and ρ = 1 (on-axis pixel) c_t = e^{−tΔzμ} − e^{−(t+1)Δzμ}. Without
     -oversample_thick the pixel is (T0+T1) c_1 (last layer), with it (T c_0 + T) c_1
-    (running sum). Hence c_0 + c_1 = 1 − exp(−thick μ/ρ)."""
+    (the C's running sum; spec mode, docs/modes.md row 17: T c_0 + T c_1).
+    Hence c_0 + c_1 = 1 − exp(−thick μ/ρ)."""
     T = 10.0 ** 2 * (2 ** 3) ** 2
     omega = 1e-8 / 0.1 / 0.1
     unit = R_E_SQR * FLUENCE * T * omega
     mu_dz = 100e-6 / 300e-6
     c0 = 1 - math.exp(-mu_dz)
     c1 = math.exp(-mu_dz) - math.exp(-2 * mu_dz)
-    a = img_of(*_abs_args())[4, 4]
-    b = img_of(*_abs_args(["-oversample_thick"]))[4, 4]
+    a = img_of(*_abs_args(), mode="c-parity")[4, 4]
+    b = img_of(*_abs_args(["-oversample_thick"]), mode="c-parity")[4, 4]
+    b_spec = img_of(*_abs_args(["-oversample_thick"]))[4, 4]
+    assert b_spec == pytest.approx(unit * (c0 + c1), rel=1e-12)
+    assert img_of(*_abs_args())[4, 4] == a
     assert a == pytest.approx(unit * 2 * c1, rel=1e-12)
     assert b == pytest.approx(unit * (c0 + 1) * c1, rel=1e-12)
     got_c1 = a / (2 * unit)

@@ -82,7 +82,7 @@ def refine(pixels: int = 32, pixel_mm: float = 0.3, iterations: int = 30, verbos
         value = loss()
         value.backward()
         if verbose:
-            print(f"loss {float(value.detach()):.3e}  shift_mm {[round(float(x), 5) for x in shift_mm]}  "
+            print(f"loss {float(value.detach()):.3e}  shift_mm {[round(float(x), 5) for x in shift_mm.detach()]}  "
                   f"in-plane rotation_deg {round(float(in_plane.detach()), 5)}")
         return value
     opt.step(closure)

@@ -51,3 +51,22 @@ def test_pixels_with_more_evaluations_than_a_chunk_are_split_exactly(extra, run_
         sliced = image.pixels.numpy()
     assert len(execution.split_plan(image.setup.plan, 10)) > 2
     np.testing.assert_allclose(sliced, whole, rtol=1e-12, atol=0)
+
+
+def test_a_kernel_build_is_announced_on_stderr_before_it_starts(run_dir, monkeypatch, capfd, tmp_path):
+    """A build takes 15-40 s with no output of its own: the user is told first."""
+    import nanobrag_torch.compiled as compiled
+
+    class Started(Exception):
+        pass
+
+    def build(*args):
+        assert "compiling the kernel" in capfd.readouterr().err
+        raise Started
+
+    monkeypatch.setattr(compiled, "CACHE_DIR", tmp_path / "empty-cache")
+    monkeypatch.setattr(compiled, "_LOADED", {})
+    monkeypatch.setattr(compiled, "_build", build)
+    cfg = config_from_args(CASES["groups_inner"])
+    with torch.no_grad(), pytest.raises(Started):
+        Simulator(cfg, compile=True).run()

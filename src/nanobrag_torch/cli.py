@@ -1086,22 +1086,26 @@ def _ingest_header(st, flag, path):
 # usage and entry points
 
 def usage_text() -> str:
-    lines = [f"usage: {PROG} -mat auto.mat -hkl Fs.hkl [options]",
-             f"       {PROG} -cell a b c alpha beta gamma -default_F F [options]",
-             "Flags take their values positionally (so negative numbers are values);",
-             "later flags override earlier ones.  -h, --help: this listing."]
+    return flag_listing([f"usage: {PROG} -mat auto.mat -hkl Fs.hkl [options]",
+                         f"       {PROG} -cell a b c alpha beta gamma -default_F F [options]"], FLAGS)
+
+
+def flag_listing(head: List[str], flags) -> str:
+    """The -h listing of every command: its usage lines, then the flags by group."""
+    lines = head + ["Flags take their values positionally (so negative numbers are values);",
+                    "later flags override earlier ones.  -h, --help: this listing."]
     group = None
-    for flag in FLAGS:
-        if flag.hidden:
+    for flag in flags:
+        if getattr(flag, "hidden", False):
             continue
         if flag.group != group:
             group = flag.group
             lines += ["", f"{group}:"]
-        head = ", ".join(flag.names) + (f" {flag.metavar}" if flag.metavar else "")
-        if len(head) <= 30:
-            lines.append(f"  {head:<30} {flag.help}")
+        head_text = ", ".join(flag.names) + (f" {flag.metavar}" if flag.metavar else "")
+        if len(head_text) <= 30:
+            lines.append(f"  {head_text:<30} {flag.help}")
         else:
-            lines += [f"  {head}", f"  {'':<30} {flag.help}"]
+            lines += [f"  {head_text}", f"  {'':<30} {flag.help}"]
     return "\n".join(lines) + "\n"
 
 

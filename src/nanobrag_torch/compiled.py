@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import os
 import shutil
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -121,6 +122,9 @@ class AotKernel:
         self.batch = batch
         path = CACHE_DIR / "aoti" / f"{key}.so"
         if not path.exists():
+            # a build takes 15-40 s with no output of its own: say so before it starts
+            print(f"nanobrag-torch: compiling the kernel for this configuration once "
+                  f"(cached in {CACHE_DIR}): about 20 s", file=sys.stderr, flush=True)
             _build(plan, batch, state, path)
         self.runner = torch._C._aoti.AOTIModelContainerRunnerCpu(str(path), 1)
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from .cli import FILE, FileError, FlagError, _is_number          # noqa: F401  (re-exported)
+from .cli import _one_line as one_line, flag_listing
 from .entry import VERSION_FLAGS, console_exit, guarded, print_version, say_error
 from .errors import ConfigError, UsageError
 
@@ -114,23 +115,8 @@ class Parser:
         return FlagError(f"unknown flag {tok!r}{hint}")
 
     def usage(self, head: str) -> str:
-        lines = [head, "Flags take their values positionally (so negative numbers are values);",
-                 "later flags override earlier ones.  -h, --help: this listing."]
-        group = None
-        for flag in self.flags:
-            if flag.group != group:
-                group = flag.group
-                lines += ["", f"{group}:"]
-            names = ", ".join(flag.names) + (f" {flag.metavar}" if flag.metavar else "")
-            if len(names) <= 30:
-                lines.append(f"  {names:<30} {flag.help}")
-            else:
-                lines += [f"  {names}", f"  {'':<30} {flag.help}"]
-        return "\n".join(lines) + "\n"
+        return flag_listing([head], self.flags)
 
-
-def one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
 
 
 def run_main(prog: str, argv: Sequence[str], parse: Callable, execute: Callable, usage: Callable,

@@ -128,3 +128,16 @@ def test_spec_oversample_omega_per_subpixel(flags):
     assert rel(coarse, blocks) < 1e-9
     d = rel(coarse, plain)
     assert 1e-5 < d < 5e-2
+
+
+def test_spec_water_gradient_in_the_water_size(tmp_path):
+    """The image is N ∝ water^3 times the rest: d(sum)/d(water_um) = 3 sum / water_um."""
+    import torch
+    args = ["-cell", "100", "100", "100", "90", "90", "90", "-default_F", "1e-6", "-N", "0", "-water", "50",
+            "-stol", ring_table(tmp_path), "-oversample", "1", "-detpixels", "8"] + GEO[:4] + GEO[6:]
+    cfg = config_from_args(args)
+    w = torch.tensor(50.0, dtype=torch.float64, requires_grad=True)
+    cfg.background.water_um = w
+    total = Simulator(cfg).run().pixels.sum()
+    total.backward()
+    assert float(w.grad) == pytest.approx(3 * float(total) / 50.0, rel=1e-10)

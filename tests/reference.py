@@ -20,6 +20,8 @@ The mode differences that change pixels (docs/modes.md):
   row 7   spec: source-file weights are used (weighted mean over sources);
   row 12  c-parity: F_latt as the C writes it, sin(N pi h)/sin(pi h);
           spec: sin(N pi (h-h0))/sin(pi (h-h0)) (same magnitude);
+  row 16  spec: -water adds N F_bg^2 w to every evaluation (no I_bg seed, no dmin cut);
+  row 17  spec: -oversample_* factors multiply their own (subpixel, source) group's terms;
   issue 9 item 9: spec computes the mosaic angles in float64; c-parity rounds
           them to float32 as the C (``mosaic_f32`` overrides the choice).
 Both modes: sinc3 is the C's closed form in c-parity and, in spec mode, its
@@ -703,6 +705,13 @@ def render(cfg, mode: str = "spec", mosaic_f32=None, pixels=None) -> Result:
         fluence = beam.flux * beam.exposure_s / beamsize_m / beamsize_m
     water = num(cfg.background.water_um) / 1e6
     I_bg = WATER_F * WATER_F * R_E_SQR * fluence * water * water * water * 1e6 * AVOGADRO / WATER_MW
+    spec = mode == "spec"
+    if spec:
+        # row 16: every evaluation adds N F^2 w (N: the water cube's molecules), not cut by dmin
+        if water != 0.0 and cfg.background.stol_table is not None:
+            raise NotImplementedError("spec-mode -water with a -stol table")
+        water_per_group = len(umats) * phisteps * water ** 3 * 1e6 * AVOGADRO / WATER_MW * WATER_F * WATER_F
+        I_bg = 0.0
     dmin = num(cfg.dmin_A) * 1e-10
     K = num(beam.polarization)
     os_thick, os_polar, os_omega = cfg.oversample_thick, cfg.oversample_polar, cfg.oversample_omega
@@ -760,7 +769,12 @@ def render(cfg, mode: str = "spec", mosaic_f32=None, pixels=None) -> Result:
                     for incident, lam, weight in srcs:
                         q = tuple((diffracted[i] - incident[i]) / lam for i in range(3))
                         stol = 0.5 * magnitude(q)
+                        G = water_per_group * weight if spec and water != 0.0 else 0.0
                         if dmin > 0.0 and stol > 0.0 and dmin > 0.5 / stol:
+                            if G:       # spec: the water is not cut; its own factors (row 17)
+                                p = polarization_factor(K, incident, diffracted, geo.polar_axis)[0]
+                                I += G * (capture if os_thick else 1.0) * (p if os_polar else 1.0) \
+                                    * (omega if os_omega else 1.0)
                             continue
                         if polar == 0.0 or os_polar:
                             polar, diffracted = polarization_factor(K, incident, diffracted,
@@ -788,6 +802,9 @@ def render(cfg, mode: str = "spec", mosaic_f32=None, pixels=None) -> Result:
                                 term = F_cell * F_cell * F_latt * F_latt
                                 if weight != 1.0:
                                     term = term * weight
+                                if spec:            # row 17: the group's own factors, below
+                                    G += term
+                                    continue
                                 I += term
                                 if os_thick:
                                     I *= capture
@@ -795,6 +812,9 @@ def render(cfg, mode: str = "spec", mosaic_f32=None, pixels=None) -> Result:
                                     I *= polar
                                 if os_omega:
                                     I *= omega
+                        if spec:
+                            I += G * (capture if os_thick else 1.0) * (polar if os_polar else 1.0) \
+                                * (omega if os_omega else 1.0)
         S = R_E_SQR * fluence * I / steps
         if not os_thick:
             S *= capture

@@ -373,7 +373,7 @@ def _water_omega_image(*args):
     """Pure water background, -nopolar: the image is r_e^2 fluence I_bg ω per pixel (SPEC 5)."""
     cfg = cfg_of("-water", 100, "-nopolar", "-oversample", 1, *args)
     cfg.crystal.default_F = 0.0
-    sim = Simulator(cfg)
+    sim = Simulator(cfg, mode="c-parity")           # the C's I_bg (spec mode's water: modes.md 16)
     img = npv(sim.run().pixels)
     plan = sim.static.plan
     return img / float(plan.scale * plan.I_bg), sim.static.geom

@@ -576,13 +576,15 @@ def test_at_sam_002_held_omega_and_polar_with_oversample():
     assert checked == 4
 
 
-def test_at_sam_002_oversample_omega_running_product():
-    """AT-SAM-002 / SPEC 4.1: with -oversample_omega each term re-multiplies the running sum:
-    I = (I + T_j) ω_j over subpixels in (subS, subF) order; polar stays held."""
+@pytest.mark.parametrize("mode", ["c-parity", "spec"])
+def test_at_sam_002_oversample_omega_running_product(mode):
+    """AT-SAM-002 / SPEC 4.1: with -oversample_omega the C re-multiplies the running sum by
+    each term's omega: I = (I + T_j) ω_j over subpixels in (subS, subF) order (c-parity);
+    spec mode (docs/modes.md row 17) gives each term its own: I = sum T_j ω_j. Polar stays held."""
     px, dist, lam, a, N, F = 0.5e-3, 0.05, 1e-10, 100e-10, 3, 10.0
     args = ["-cell", 100, "-default_F", F, "-N", N, "-lambda", 1, "-detpixels", 8, "-pixel", 0.5,
             "-distance", 50, "-Xbeam", 2.0, "-Ybeam", 2.3, "-oversample", 2, "-oversample_omega"]
-    img = img_of(*args)
+    img = img_of(*args, mode=mode)
     Fbeam, Sbeam = 2.3e-3 + px / 2, 2.0e-3 + px / 2
     for s, f in [(0, 0), (2, 5), (7, 3)]:
         I, polar = 0.0, None
@@ -591,7 +593,8 @@ def test_at_sam_002_oversample_omega_running_product():
                 P = mosflm_pixel_P(s, f, js, jf, 2, px, dist, Fbeam, Sbeam)
                 t, dvec = cubic_term(P, lam, a, N, F)
                 R = np.linalg.norm(P)
-                I = (I + t) * (px * px / R / R * dist / R)
+                omega = px * px / R / R * dist / R
+                I = (I + t) * omega if mode == "c-parity" else I + t * omega
                 if polar is None:
                     polar = 0.5 * (1 + dvec[0] ** 2)
         assert img[s, f] == pytest.approx(R_E_SQR * FLUENCE * I / 4 * polar, rel=1e-11)
@@ -608,15 +611,19 @@ def test_at_abs_001_layer_fractions():
     """AT-ABS-001 / SPEC 3.2, 4.1: -detector_thick 200 um alone -> 2 layers of Δz = 100 um; with
     μ = 1/300 um and ρ = 1 (on-axis pixel) c_t = e^{−tΔzμ} − e^{−(t+1)Δzμ}. Without
     -oversample_thick the pixel is (T0+T1) c_1 (last layer), with it (T c_0 + T) c_1
-    (running sum). Hence c_0 + c_1 = 1 − exp(−thick μ/ρ)."""
+    (the C's running sum; spec mode, docs/modes.md row 17: T c_0 + T c_1).
+    Hence c_0 + c_1 = 1 − exp(−thick μ/ρ)."""
     T = 10.0 ** 2 * (2 ** 3) ** 2
     omega = 1e-8 / 0.1 / 0.1
     unit = R_E_SQR * FLUENCE * T * omega
     mu_dz = 100e-6 / 300e-6
     c0 = 1 - math.exp(-mu_dz)
     c1 = math.exp(-mu_dz) - math.exp(-2 * mu_dz)
-    a = img_of(*_abs_args())[4, 4]
-    b = img_of(*_abs_args(["-oversample_thick"]))[4, 4]
+    a = img_of(*_abs_args(), mode="c-parity")[4, 4]
+    b = img_of(*_abs_args(["-oversample_thick"]), mode="c-parity")[4, 4]
+    b_spec = img_of(*_abs_args(["-oversample_thick"]))[4, 4]
+    assert b_spec == pytest.approx(unit * (c0 + c1), rel=1e-12)
+    assert img_of(*_abs_args())[4, 4] == a
     assert a == pytest.approx(unit * 2 * c1, rel=1e-12)
     assert b == pytest.approx(unit * (c0 + 1) * c1, rel=1e-12)
     got_c1 = a / (2 * unit)
@@ -663,11 +670,13 @@ def test_at_bkg_001_water_background_spec_example():
     assert img[3, 20] == pytest.approx(R_E_SQR * FLUENCE * _water_I_bg(100) / R2, rel=1e-10)
 
 
-def test_at_bkg_001_background_divided_by_steps():
-    """SPEC 5: I_bg is seeded once per pixel and divided by steps: 2 phi steps halve it."""
-    one = npv(Simulator(_water_cfg()).run().pixels)
-    two = npv(Simulator(_water_cfg("-phisteps", 2, "-osc", 1)).run().pixels)
-    np.testing.assert_allclose(two, one / 2, rtol=1e-13)
+@pytest.mark.parametrize("mode", ["c-parity", "spec"])
+def test_at_bkg_001_background_divided_by_steps(mode):
+    """SPEC 5: the C seeds I_bg once per pixel and divides by steps: 2 phi steps halve it;
+    spec mode's physical water (docs/modes.md row 16) does not fall with the step count."""
+    one = npv(Simulator(_water_cfg(), mode=mode).run().pixels)
+    two = npv(Simulator(_water_cfg("-phisteps", 2, "-osc", 1), mode=mode).run().pixels)
+    np.testing.assert_allclose(two, one / 2 if mode == "c-parity" else one, rtol=1e-13)
 
 
 def test_at_str_004_sparse_hkl(tmp_path):

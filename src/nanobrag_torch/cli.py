@@ -618,7 +618,7 @@ FLAGS: List[Flag] = (
         ("-dmin", "A", (NONNEG,), _set(S + "dmin_A"), "skip scattering beyond this resolution (Angstrom)"),
         ("-water", "UM", (NONNEG,), _set("background.water_um"),
          "add scattering of this much water around the crystal (um)"),
-        ("-stol", "FILE", (FILE,), _stol(1e10), "background table: sin(theta)/lambda (1/A), F (read, unused)"),
+        ("-stol", "FILE", (FILE,), _stol(1e10), "-water F(stol) table: stol (1/A), F (c-parity: unused)"),
         ("-4stol", "FILE", (FILE,), _stol(1e10 / 4), "as -stol with 4 sin(theta)/lambda"),
         ("-Q", "FILE", (FILE,), _stol(1e10 / math.pi / 4), "as -stol with Q = 4 pi sin(theta)/lambda"),
         ("-stolout", "FILE", (FILE,), _nothing, "accepted for compatibility, no effect"),

@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from .background import water_terms
 from .beam import polarization_factor
 from .detector import DetectorGeometry, pixel_position_components
 from .structure import FGrid, nearest_F, tricubic_F, tricubic_out_of_range
@@ -63,6 +64,11 @@ class KernelPlan:
     first_incident: torch.Tensor | None = None   # (3,) source of the held polarisation when
                                                  # `incident` is a slice of the sources
     dtype: torch.dtype = torch.float64   # dtype of the lattice/structure-factor arithmetic
+    water_molecules: torch.Tensor | None = None   # spec mode's physical -water (modes.md row 16):
+                                                 # molecules; None: the C's I_bg seed
+    water_table: object = None                    # its F(stol) (amorphous.StolTable) or None: 2.57
+    subpixel_factors: bool = False    # spec: -oversample_* factors multiply their own
+                                      # subpixel's terms (modes.md row 17), not the running sum
 
     def __post_init__(self):
         # components of every cell as contiguous (R,) arrays: [i, j] is component j of axis i
@@ -77,6 +83,8 @@ class KernelPlan:
 
     @property
     def running_product(self) -> bool:
+        """Per-subpixel factors (-oversample_*): the C's running product or, in spec mode,
+        each group's own factor; both need every subpixel's omega/capture/polar."""
         return self.oversample_thick or self.oversample_polar or self.oversample_omega
 
     @property
@@ -385,7 +393,8 @@ def render_pixels(s_idx: torch.Tensor, f_idx: torch.Tensor, plan: KernelPlan,
                    if plan.thick else torch.ones_like(omega))
     S, R = plan.incident.shape[0], plan.cells.shape[0]
     Gp = Gs * S
-    q = scattering_vectors(d, plan) if (plan.culling or record) else None   # (n, Gp)
+    water_stol = plan.water_molecules is not None and plan.water_table is not None
+    q = scattering_vectors(d, plan) if (plan.culling or record or water_stol) else None   # (n, Gp)
     culled = culled_by_dmin(q, plan) if plan.culling else None
     polar = None
     if plan.oversample_polar or not plan.nopolar:
@@ -432,7 +441,20 @@ def render_pixels(s_idx: torch.Tensor, f_idx: torch.Tensor, plan: KernelPlan,
     dt = plan.dtype
     omega, capture = omega.to(dt), capture.to(dt)
     polar = polar.to(dt) if polar is not None else None
-    if plan.running_product:
+    water = None
+    if plan.water_molecules is not None:        # spec mode: molecules F(stol)^2 w per evaluation
+        weight = None if plan.source_weight is None else \
+            plan.source_weight.reshape(1, S).expand(Gs, S).reshape(Gp)
+        water = (R * water_terms(q, plan.water_table, plan.water_molecules, weight, (n, Gp))).to(dt)
+    if plan.running_product and plan.subpixel_factors:
+        m = _group_factors(capture, polar, omega, plan, n, Gp)
+        if not c_order:         # back to the (n, Gs, S, R) order
+            term = term.permute(tuple(perm.index(i) for i in range(4))).reshape(n, Gp, R)
+        inner = term.sum(dim=2)
+        if water is not None:
+            inner = inner + water
+        I = plan.I_bg.to(dt) + (inner * m).sum(dim=1)
+    elif plan.running_product:
         I = _running_product_sum(term, evaluated, capture, polar, omega, plan)
     else:
         # innermost axis first: one fused loop per reduction (a joint sum makes the
@@ -441,6 +463,8 @@ def render_pixels(s_idx: torch.Tensor, f_idx: torch.Tensor, plan: KernelPlan,
         while total.dim() > 1:
             total = total.sum(dim=-1)
         I = plan.I_bg.to(dt) + total
+        if water is not None:
+            I = I + water.sum(dim=1)
     value = plan.scale.to(dt) * I / plan.steps
     if not plan.oversample_thick:
         value = value * capture[:, -1, 0, 0]
@@ -512,6 +536,19 @@ def _held_polar(polar, culled, plan: KernelPlan, n: int) -> torch.Tensor:
     return torch.where(alive.any(dim=1), held, torch.zeros_like(held))
 
 
+def _group_factors(capture, polar, omega, plan: KernelPlan, n: int, Gp: int) -> torch.Tensor:
+    """(n, Gp) product of the -oversample_thick/_polar/_omega factors of every group."""
+    S = Gp // capture[0].numel()
+    m = torch.ones((n, Gp), dtype=omega.dtype, device=omega.device)
+    if plan.oversample_thick:
+        m = m * capture.reshape(n, -1, 1).expand(-1, -1, S).reshape(n, Gp)
+    if plan.oversample_polar:
+        m = m * polar
+    if plan.oversample_omega:
+        m = m * omega.reshape(n, -1, 1).expand(-1, -1, S).reshape(n, Gp)
+    return m
+
+
 def _running_product_sum(term, evaluated, capture, polar, omega, plan: KernelPlan) -> torch.Tensor:
     """I with -oversample_thick/_polar/_omega: the C multiplies the whole running sum
     (background included) by the factors after every evaluation (SPEC 4.1).
@@ -521,14 +558,7 @@ def _running_product_sum(term, evaluated, capture, polar, omega, plan: KernelPla
     across groups the earlier sum keeps being multiplied.
     """
     n, Gp, _ = term.shape
-    S = Gp // capture[0].numel()
-    m = torch.ones((n, Gp), dtype=term.dtype, device=term.device)
-    if plan.oversample_thick:
-        m = m * capture.reshape(n, -1, 1).expand(-1, -1, S).reshape(n, Gp)
-    if plan.oversample_polar:
-        m = m * polar
-    if plan.oversample_omega:
-        m = m * omega.reshape(n, -1, 1).expand(-1, -1, S).reshape(n, Gp)
+    m = _group_factors(capture, polar, omega, plan, n, Gp).to(term.dtype)
     kept = evaluated.to(term.dtype)                                     # (n, Gp, R)
     after = torch.flip(torch.cumsum(torch.flip(kept, [2]), 2), [2])     # kept evaluations from j on
     inner = (kept * term * torch.pow(m[..., None], after)).sum(dim=2)   # (n, Gp)

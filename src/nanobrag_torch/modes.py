@@ -32,6 +32,8 @@ class Mode:
     smooth_mosaic_angles: bool      # domain angles in the run's dtype (the C rounds them to float32)
     smv_adc_offset: bool            # SMV headers carry ADC_OFFSET and a HEADER_BYTES that holds them
     strict_stol_table: bool         # a -stol line that is not two numbers, or a falling abscissa, is an error
+    physical_water: bool            # -water: molecules r_e^2 fluence F(stol)^2 omega polar, no 1/steps
+    subpixel_factors: bool          # -oversample_*: each subpixel's factor multiplies its own terms
 
     @property
     def c_parity(self) -> bool:
@@ -61,6 +63,8 @@ ROWS = {
     13: "smooth_mosaic_angles",
     14: "smv_adc_offset",
     15: "strict_stol_table",
+    16: "physical_water",
+    17: "subpixel_factors",
 }
 
 

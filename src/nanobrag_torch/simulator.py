@@ -20,7 +20,9 @@ import torch
 from . import beam as beam_mod
 from . import crystal as crystal_mod
 from . import execution, resources
+from .amorphous import stol_table
 from .background import water_intensity
+from .background import water_molecules as water_molecules_of
 from .config import SimConfig, fingerprint, orientation_batch
 from .detector import DetectorGeometry, detector_panels, rendered_pixels
 from .errors import ConfigError
@@ -111,7 +113,15 @@ def build_setup(cfg: SimConfig, mode: Mode, dtype, device, fixed: Setup | None =
     if sources.weight is not None:
         weight = sources.weight * (n_src / sources.weight.sum())
     fluence = beam_mod.fluence(cfg)
-    I_bg = water_intensity(cfg.background.water_um, fluence, g64, dev)                 # SPEC 5
+    water_molecules = water_table = None
+    if mode.physical_water:                                                            # modes.md 16
+        I_bg = torch.zeros((), dtype=g64, device=dev)
+        if value(cfg.background.water_um) != 0.0:
+            water_molecules = water_molecules_of(cfg.background.water_um, g64, dev)
+            if cfg.background.stol_table is not None:
+                water_table = stol_table(cfg.background.stol_table, cfg.background.stol_mult, dev)
+    else:
+        I_bg = water_intensity(cfg.background.water_um, fluence, g64, dev)             # SPEC 5
     offsets = torch.arange(thicksteps, dtype=g64, device=dev) * as_tensor(thickstep, g64, dev)
     if geom.panels is not None:      # (P, T): each panel's own sensor layers
         offsets = torch.arange(thicksteps, dtype=g64, device=dev)[None, :] * geom.panels.thickstep[:, None]
@@ -129,7 +139,9 @@ def build_setup(cfg: SimConfig, mode: Mode, dtype, device, fixed: Setup | None =
         nopolar=cfg.beam.nopolar, kahn=as_tensor(cfg.beam.polarization, g64, dev),
         polar_axis=vec.polar, oversample_thick=cfg.oversample_thick,
         oversample_polar=cfg.oversample_polar, oversample_omega=cfg.oversample_omega,
-        c_form=(not mode.reduced_lattice_form and dtype == torch.float64), dtype=dtype)
+        c_form=(not mode.reduced_lattice_form and dtype == torch.float64), dtype=dtype,
+        water_molecules=water_molecules, water_table=water_table,
+        subpixel_factors=mode.subpixel_factors)
     return Setup(geom, sources, lattice, phi, domains, spread, oversample, recommended,
                  thicksteps, thick, thickstep, mu, fluence, interpolate, steps, plan,
                  pixels_s, pixels_f, roi, notes, panel_geoms if geom.panels is not None else None)

@@ -89,3 +89,58 @@ def test_cli_shots_refused_in_one_line(tmp_path, monkeypatch, capsys, argv, word
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and word in err[0]
     assert list(tmp_path.iterdir()) == []
+
+
+def _batch(d, n=6):
+    return BASE + ["-floatfile", f"{d}/s.bin", "-intfile", f"{d}/s.img", "-noisefile", f"{d}/n.img",
+                   "-nopgm", "-manifest", f"{d}/m.csv", "-shots", str(n), "-seed", "5"]
+
+
+def _rendered(out):
+    return sorted(int(line.split()[1].split("/")[0]) for line in out.splitlines() if line.startswith("shot "))
+
+
+def test_restart_renders_only_missing_or_corrupt_shots(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "b").mkdir()
+    assert main(_batch("b")) == 0
+    assert _rendered(capsys.readouterr().out) == [1, 2, 3, 4, 5, 6]
+    first = {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir()}
+    (tmp_path / "b" / "s_00003.img").unlink()                    # shot 3 lost
+    (tmp_path / "b" / "n_00005.img").write_bytes(b"corrupt")     # shot 5 corrupted
+    assert main(_batch("b")) == 0
+    out = capsys.readouterr().out
+    assert "4 of 6 shots complete" in out and _rendered(out) == [3, 5]
+    assert {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir()} == first
+    assert main(_batch("b")) == 0                                 # nothing left to do
+    assert _rendered(capsys.readouterr().out) == []
+    assert (tmp_path / "b" / "m.csv").read_bytes() == first["m.csv"]
+
+
+def test_restart_after_interrupt_keeps_finished_blocks(tmp_path, monkeypatch, capsys):
+    import importlib
+    shots_mod = importlib.import_module("nanobrag_torch.shots")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "b").mkdir()
+    assert main(_batch("ref")) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(shots_mod, "BLOCK_SHOTS", 2)
+    real = shots_mod.run_shots
+
+    def interrupted(sim, seed, ks, progress=None):             # Ctrl-C inside the second block
+        for k, image in real(sim, seed, ks, progress):
+            if k == 4:
+                raise KeyboardInterrupt
+            yield k, image
+    monkeypatch.setattr(shots_mod, "run_shots", interrupted)
+    assert main(_batch("b")) == 130
+    assert "the 2 shots of the finished blocks are in place" in capsys.readouterr().err
+    left = sorted(p.name for p in (tmp_path / "b").iterdir())
+    assert left == ["m.csv", "n_00001.img", "n_00002.img", "s_00001.bin", "s_00001.img",
+                    "s_00002.bin", "s_00002.img"]              # block 1 in place, no temporaries
+    monkeypatch.setattr(shots_mod, "run_shots", real)
+    assert main(_batch("b")) == 0
+    assert _rendered(capsys.readouterr().out) == [3, 4, 5, 6]
+    for p in (tmp_path / "ref").iterdir():
+        assert (tmp_path / "b" / p.name).read_bytes() == p.read_bytes().replace(b"ref/", b"b/")

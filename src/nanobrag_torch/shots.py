@@ -109,8 +109,43 @@ def sha256_of(path) -> str:
     from .io.outputs import active_stage
     stage = active_stage()
     real = stage.staged_file(path) if stage is not None else None
+    return _sha256_file(real or path)
+
+
+BLOCK_SHOTS = 8      # shots rendered and put in place together by a restartable batch
+
+
+def complete_shots(manifest, seed: int, nshots: int, files_of) -> dict:
+    """{k: row} of the shots the manifest of an earlier run of this batch records as
+    complete: same seed, k in 1..nshots, the files this run would write (files_of(k)), and
+    each file on disk with the recorded sha256. A missing or unreadable manifest: {}."""
+    import csv
+    import os
+    try:
+        with open(manifest, newline="") as fh:
+            rows = list(csv.reader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return {}
+    if not rows or rows[0] != MANIFEST_COLUMNS:
+        return {}
+    done = {}
+    for row in rows[1:]:
+        try:
+            rec = dict(zip(MANIFEST_COLUMNS, row, strict=True))
+            k, s = int(rec["shot"]), int(rec["seed"])
+        except ValueError:
+            continue
+        files, digests = rec["files"].split(), rec["sha256"].split()
+        if s != int(seed) or not 1 <= k <= nshots or files != files_of(k) or len(digests) != len(files):
+            continue
+        if all(os.path.isfile(f) and _sha256_file(f) == d for f, d in zip(files, digests)):
+            done[k] = row
+    return done
+
+
+def _sha256_file(path) -> str:
     h = hashlib.sha256()
-    with open(real or path, "rb") as fh:
+    with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()

@@ -166,7 +166,9 @@ def _run_shots(cfg: SimConfig, sim: Simulator, out) -> None:
     restart = not o.shot and o.nexusfile is None
     panels = 1 if sim.static.panel_geoms is None else len(sim.static.panel_geoms)
     files_of = lambda k: _shot_files(o, k, panels)  # noqa: E731
-    done = _shots.complete_shots(o.manifest, seed, n, files_of) if restart else {}
+    columns = _shots.manifest_columns(cfg)
+    done = _shots.complete_shots(o.manifest, seed, n, files_of, columns,
+                                 lambda k: _shots.jitter_values(cfg, seed, k)) if restart else {}
     if done:
         print(f"{o.manifest}: {len(done)} of {n} shots complete (checked by sha256), "
               f"rendering the other {n - len(done)}", file=out)
@@ -179,7 +181,7 @@ def _run_shots(cfg: SimConfig, sim: Simulator, out) -> None:
         blocks = [todo[i:i + b] for i in range(0, len(todo), b)]
     progress = console.progress_printer(out) if show_progress else None
     try:
-        _render_blocks(sim, seed, o, n, ks, todo, blocks, rows, restart, files_of, progress, out)
+        _render_blocks(sim, seed, o, n, ks, todo, blocks, rows, restart, files_of, progress, out, columns)
     except BaseException as exc:       # Ctrl-C, SIGTERM: the finished blocks stay in place
         kept = len(rows) - len(done)
         if restart and kept and not getattr(exc, "outputs_written", False):
@@ -189,12 +191,12 @@ def _run_shots(cfg: SimConfig, sim: Simulator, out) -> None:
                 pass
         raise
     if not o.shot and (not restart or not todo):
-        _write_manifest(o.manifest, rows)
+        _write_manifest(o.manifest, rows, columns)
     if not o.shot:
         print(f"writing {o.manifest} as the manifest of {n} shots", file=out)
 
 
-def _render_blocks(sim, seed, o, n, ks, todo, blocks, rows, restart, files_of, progress, out):
+def _render_blocks(sim, seed, o, n, ks, todo, blocks, rows, restart, files_of, progress, out, columns):
     import contextlib
     import importlib
 
@@ -217,9 +219,10 @@ def _render_blocks(sim, seed, o, n, ks, todo, blocks, rows, restart, files_of, p
                     image.check_finite()
                     files = _write_image(image, k - 1, out, nexus, len(ks), label=f"shot {k}/{n}",
                                          nexus_still=True)
-                    new[k] = _shots.manifest_row(k, seed, image, files)
+                    new[k] = _shots.manifest_row(k, seed, image, files,
+                                                 _shots.jitter_values(sim.config, seed, k))
             if restart:
-                _write_manifest(o.manifest, {**rows, **new})
+                _write_manifest(o.manifest, {**rows, **new}, columns)
         rows.update(new)            # only once the block's files are in place
         ndone += len(block)
 
@@ -235,15 +238,14 @@ def _shot_files(o, k: int, panels: int = 1) -> list:
     return files + [sweep_path(p, k - 1) for p in (o.exptfile, o.pngfile) if p is not None]
 
 
-def _write_manifest(path, rows: dict) -> None:
+def _write_manifest(path, rows: dict, columns) -> None:
     import csv
     import io as _io
 
     from .io._common import atomic_write
-    from .shots import MANIFEST_COLUMNS
     buf = _io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(MANIFEST_COLUMNS)
+    w.writerow(columns)
     w.writerows(rows[k] for k in sorted(rows))
     atomic_write(path, [buf.getvalue().encode()])
 

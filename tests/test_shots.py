@@ -89,3 +89,106 @@ def test_cli_shots_refused_in_one_line(tmp_path, monkeypatch, capsys, argv, word
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and word in err[0]
     assert list(tmp_path.iterdir()) == []
+
+
+def _batch(d, n=6):
+    return BASE + ["-floatfile", f"{d}/s.bin", "-intfile", f"{d}/s.img", "-noisefile", f"{d}/n.img",
+                   "-nopgm", "-manifest", f"{d}/m.csv", "-shots", str(n), "-seed", "5"]
+
+
+def _rendered(out):
+    return sorted(int(line.split()[1].split("/")[0]) for line in out.splitlines() if line.startswith("shot "))
+
+
+def test_restart_renders_only_missing_or_corrupt_shots(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "b").mkdir()
+    assert main(_batch("b")) == 0
+    assert _rendered(capsys.readouterr().out) == [1, 2, 3, 4, 5, 6]
+    first = {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir()}
+    (tmp_path / "b" / "s_00003.img").unlink()                    # shot 3 lost
+    (tmp_path / "b" / "n_00005.img").write_bytes(b"corrupt")     # shot 5 corrupted
+    assert main(_batch("b")) == 0
+    out = capsys.readouterr().out
+    assert "4 of 6 shots complete" in out and _rendered(out) == [3, 5]
+    assert {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir()} == first
+    assert main(_batch("b")) == 0                                 # nothing left to do
+    assert _rendered(capsys.readouterr().out) == []
+    assert (tmp_path / "b" / "m.csv").read_bytes() == first["m.csv"]
+
+
+def test_restart_after_interrupt_keeps_finished_blocks(tmp_path, monkeypatch, capsys):
+    import importlib
+    shots_mod = importlib.import_module("nanobrag_torch.shots")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "b").mkdir()
+    assert main(_batch("ref")) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(shots_mod, "BLOCK_SHOTS", 2)
+    real = shots_mod.run_shots
+
+    def interrupted(sim, seed, ks, progress=None):             # Ctrl-C inside the second block
+        for k, image in real(sim, seed, ks, progress):
+            if k == 4:
+                raise KeyboardInterrupt
+            yield k, image
+    monkeypatch.setattr(shots_mod, "run_shots", interrupted)
+    assert main(_batch("b")) == 130
+    assert "the 2 shots of the finished blocks are in place" in capsys.readouterr().err
+    left = sorted(p.name for p in (tmp_path / "b").iterdir())
+    assert left == ["m.csv", "n_00001.img", "n_00002.img", "s_00001.bin", "s_00001.img",
+                    "s_00002.bin", "s_00002.img"]              # block 1 in place, no temporaries
+    monkeypatch.setattr(shots_mod, "run_shots", real)
+    assert main(_batch("b")) == 0
+    assert _rendered(capsys.readouterr().out) == [3, 4, 5, 6]
+    for p in (tmp_path / "ref").iterdir():
+        assert (tmp_path / "b" / p.name).read_bytes() == p.read_bytes().replace(b"ref/", b"b/")
+
+
+JIT = ["-mosaic", "0.5", "-mosaic_dom", "3", "-jitter_N", "0.3", "-jitter_mosaic", "0.5",
+       "-jitter_fluence", "0.2", "-jitter_lambda", "0.01", "-jitter_distance_mm", "2"]
+
+
+def test_jitter_recorded_reproduced_by_shot_and_by_explicit_flags(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for d in ("b", "one", "flags"):
+        (tmp_path / d).mkdir()
+    assert main(_batch("b", 3) + JIT) == 0
+    rows = list(csv.DictReader(open(tmp_path / "b" / "m.csv")))
+    assert list(rows[0])[21:28] == ["Na", "Nb", "Nc", "mosaic_deg", "fluence", "lambda_A", "distance_mm"]
+    vals = {c: {float(r[c]) for r in rows} for c in ("Na", "mosaic_deg", "fluence", "lambda_A", "distance_mm")}
+    assert all(len(v) == 3 for c, v in vals.items() if c != "Na")       # each shot its own draw
+    assert all(48 <= d <= 52 for d in vals["distance_mm"]) and all(4 <= n <= 7 for n in vals["Na"])
+    # -shot K: the batch's files, bit for bit
+    assert main(_batch("one", 3)[:-4] + ["-manifest", "one/m.csv", "-shots", "3", "-seed", "5", "-shot", "2"] + JIT) == 0
+    for name in ("s_00002.bin", "s_00002.img", "n_00002.img"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    # the manifest row as explicit flags of a single run (-mat for the orientation)
+    r = rows[1]
+    (tmp_path / "s2.mat").write_text("\n".join(" ".join(r[f"A{i}{j}"] for j in (1, 2, 3)) for i in (1, 2, 3)) + "\n")
+    argv = [a for a in BASE[7:] if True]
+    i = argv.index("-N")
+    argv[i:i + 2] = ["-Na", r["Na"], "-Nb", r["Nb"], "-Nc", r["Nc"]]
+    i = argv.index("-distance")
+    argv[i + 1] = r["distance_mm"]
+    assert main(argv + ["-mat", "s2.mat", "-mosaic", r["mosaic_deg"], "-mosaic_dom", "3", "-fluence", r["fluence"],
+                        "-lambda", r["lambda_A"], "-seed", r["noise_seed"], "-floatfile", "flags/s.bin",
+                        "-intfile", "flags/s.img", "-nopgm"]) == 0
+    capsys.readouterr()
+    got = np.fromfile(tmp_path / "flags" / "s.bin", dtype=np.float32)
+    ref = np.fromfile(tmp_path / "b" / "s_00002.bin", dtype=np.float32)
+    assert ref.max() > 0
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6 * ref.max())
+    # without the jitter flags the shot differs (the jitter took effect)
+    assert main(_batch("one", 3)[:-4] + ["-manifest", "one/m.csv", "-shots", "3", "-seed", "5", "-shot", "2",
+                                         "-mosaic", "0.5", "-mosaic_dom", "3"]) == 0
+    assert (tmp_path / "one" / "s_00002.bin").read_bytes() != (tmp_path / "b" / "s_00002.bin").read_bytes()
+
+
+def test_jitter_needs_shots(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(BASE + ["-jitter_N", "0.1"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "-jitter_N" in err[0] and "-shots" in err[0]
+    assert list(tmp_path.iterdir()) == []

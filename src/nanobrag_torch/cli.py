@@ -180,6 +180,15 @@ def _sets(*fields):
     return mark
 
 
+def _jitter(name):
+    """-jitter_NAME AMOUNT: a per-shot jitter of a batch (shots.jitter_values)."""
+    @_sets("output.jitter")
+    def act(st, vals):
+        kept = tuple((n, a) for n, a in st.cfg.output.jitter if n != name)
+        st.cfg.output.jitter = kept + ((name, float(_one(vals))),)
+    return act
+
+
 def _set(*targets, cast=None, pivot=None):
     """Store the value (a list for multi-value flags) in every target."""
     @_sets(*(_field(t) for t in targets))
@@ -688,6 +697,16 @@ FLAGS: List[Flag] = (
          "with -shots: render shot K alone (the batch's file, bit for bit)"),
         ("-manifest", "FILE", (FILE,), _set(O + "manifest"),
          "the batch's CSV manifest (default shots.csv)"),
+        ("-jitter_N", "FRAC", (NONNEG,), _jitter("N"),
+         "with -shots: each shot's Na, Nb, Nc times 1 + u * FRAC (u uniform in -1..1), rounded, at least 1"),
+        ("-jitter_mosaic", "FRAC", (NONNEG,), _jitter("mosaic"),
+         "with -shots: each shot's mosaic spread times 1 + u * FRAC"),
+        ("-jitter_fluence", "FRAC", (NONNEG,), _jitter("fluence"),
+         "with -shots: each shot's fluence times 1 + u * FRAC"),
+        ("-jitter_lambda", "FRAC", (NONNEG,), _jitter("lambda"),
+         "with -shots: each shot's wavelength times 1 + u * FRAC"),
+        ("-jitter_distance_mm", "MM", (NONNEG,), _jitter("distance"),
+         "with -shots: each shot's detector distance plus u * MM"),
         ("-version --version", "", (), _nothing, "print the version and exit"),
     ])
     + _g("Not supported", [
@@ -1032,6 +1051,8 @@ def _check_outputs(st):
             raise FlagError("-shots: a batch of stills, not with -nimages (a sweep)")
     if o.shot and not o.shots:
         raise FlagError("-shot: renders one shot of a batch: give -shots N too")
+    if o.jitter and not o.shots:
+        raise FlagError(f"-jitter_{o.jitter[0][0]}: jitters the shots of a batch: give -shots N too")
     if o.shots:
         if o.seed is None:
             raise FlagError("-shots: a batch needs a seed (-seed S), which fixes every shot")

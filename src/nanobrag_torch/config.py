@@ -224,6 +224,7 @@ class OutputConfig:
     shots: Optional[int] = None        # -shots N: a serial batch of N random stills (shots.py)
     shot: Optional[int] = None         # -shot K: render only shot K of the batch
     manifest: str = "shots.csv"        # -manifest FILE: the batch's manifest (CSV)
+    jitter: tuple = ()                 # -jitter_* of a batch: ((name, amount), ...) (shots.JITTER)
 
 
 @dataclass

@@ -108,6 +108,9 @@ def guarded(prog: str, body: Callable[[], int]) -> int:
 def _interrupted(prog: str, exc: BaseException, status: int) -> int:
     if getattr(exc, "outputs_written", False):
         say_error(prog, "interrupted after every output file was complete and written")
+    elif getattr(exc, "shots_kept", 0):
+        say_error(prog, f"interrupted; the {exc.shots_kept} shots of the finished blocks are in place "
+                        f"(run the same command again to render the rest)")
     else:
         say_error(prog, "interrupted; no files written")
     return status

@@ -145,39 +145,109 @@ def _run_sweep(cfg: SimConfig, sim: Simulator, out) -> None:
 
 def _run_shots(cfg: SimConfig, sim: Simulator, out) -> None:
     """-shots N: N stills of random orientation, numbered files, one NeXus stack, the
-    CSV manifest; -shot K: shot K alone (its files only, no manifest)."""
-    import contextlib
-    import csv
-    import io as _io
+    CSV manifest; -shot K: shot K alone (its files only, no manifest).
 
-    from .io._common import atomic_write
-    from .shots import MANIFEST_COLUMNS, manifest_row, run_shots
+    Restart: a batch run again with the same command renders only the missing shots. A
+    shot is complete when the existing manifest has its row (same seed) and its files on
+    disk have the sha256 the row records; those are skipped. The shots to render go in
+    blocks of shots.BLOCK_SHOTS: each block's files and the manifest so far are put in
+    place (atomically, each file) when the block ends, so an interrupted run keeps the
+    blocks it finished. With -nexusfile (one file for the whole stack) every shot is
+    rendered and all files appear together at the end."""
+    import importlib
+
+    _shots = importlib.import_module(__package__ + ".shots")     # the module (nb.shots is the function)
     _prologue(cfg, sim, out)
     o, n, seed = cfg.output, cfg.output.shots, cfg.output.seed
     ks = [o.shot] if o.shot else list(range(1, n + 1))
     print(f"serial batch of {n} shots, seed {seed}" + (f": shot {o.shot} alone" if o.shot else ""),
           file=out)
     show_progress = o.progress and not o.printout
-    rows = []
-    with contextlib.ExitStack() as stack:
-        nexus = None
-        if o.nexusfile is not None:
-            from .io.nexus import NexusStack
-            nexus = stack.enter_context(NexusStack(o.nexusfile, len(ks)))
-        images = run_shots(sim, seed, ks, console.progress_printer(out) if show_progress else None)
-        with torch.no_grad():
-            for j, (k, image) in enumerate(images):
-                image.check_finite()
-                files = _write_image(image, k - 1, out, nexus, len(ks), label=f"shot {k}/{n}",
-                                     nexus_still=True)
-                rows.append(manifest_row(k, seed, image, files))
+    restart = not o.shot and o.nexusfile is None
+    panels = 1 if sim.static.panel_geoms is None else len(sim.static.panel_geoms)
+    files_of = lambda k: _shot_files(o, k, panels)  # noqa: E731
+    columns = _shots.manifest_columns(cfg)
+    done = _shots.complete_shots(o.manifest, seed, n, files_of, columns,
+                                 lambda k: _shots.jitter_values(cfg, seed, k)) if restart else {}
+    if done:
+        print(f"{o.manifest}: {len(done)} of {n} shots complete (checked by sha256), "
+              f"rendering the other {n - len(done)}", file=out)
+    todo = [k for k in ks if k not in done]
+    rows = dict(done)
+    if not restart:
+        blocks = [todo]
+    else:
+        b = _shots.BLOCK_SHOTS
+        blocks = [todo[i:i + b] for i in range(0, len(todo), b)]
+    progress = console.progress_printer(out) if show_progress else None
+    try:
+        _render_blocks(sim, seed, o, n, ks, todo, blocks, rows, restart, files_of, progress, out, columns)
+    except BaseException as exc:       # Ctrl-C, SIGTERM: the finished blocks stay in place
+        kept = len(rows) - len(done)
+        if restart and kept and not getattr(exc, "outputs_written", False):
+            try:
+                exc.shots_kept = kept
+            except AttributeError:
+                pass
+        raise
+    if not o.shot and (not restart or not todo):
+        _write_manifest(o.manifest, rows, columns)
     if not o.shot:
-        buf = _io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(MANIFEST_COLUMNS)
-        w.writerows(rows)
-        atomic_write(o.manifest, [buf.getvalue().encode()])
         print(f"writing {o.manifest} as the manifest of {n} shots", file=out)
+
+
+def _render_blocks(sim, seed, o, n, ks, todo, blocks, rows, restart, files_of, progress, out, columns):
+    import contextlib
+    import importlib
+
+    from .io.outputs import OutputSet
+    _shots = importlib.import_module(__package__ + ".shots")
+    ndone = 0
+    for block in blocks:
+        new = {}
+        stage = (OutputSet([p for k in block for p in files_of(k)] + [o.manifest]).staged()
+                 if restart else contextlib.nullcontext())
+        with stage, contextlib.ExitStack() as stack:
+            nexus = None
+            if o.nexusfile is not None:
+                from .io.nexus import NexusStack
+                nexus = stack.enter_context(NexusStack(o.nexusfile, len(ks)))
+            cb = None if progress is None else (        # one meter over the shots rendered
+                lambda d, m, j0=ndone, nb=len(block): progress(j0 * (m // nb) + d, len(todo) * (m // nb)))
+            with torch.no_grad():
+                for k, image in _shots.run_shots(sim, seed, block, cb):
+                    image.check_finite()
+                    files = _write_image(image, k - 1, out, nexus, len(ks), label=f"shot {k}/{n}",
+                                         nexus_still=True)
+                    new[k] = _shots.manifest_row(k, seed, image, files,
+                                                 _shots.jitter_values(sim.config, seed, k))
+            if restart:
+                _write_manifest(o.manifest, {**rows, **new}, columns)
+        rows.update(new)            # only once the block's files are in place
+        ndone += len(block)
+
+
+def _shot_files(o, k: int, panels: int = 1) -> list:
+    """The files (not NeXus) of shot k of a batch, in the order the manifest names them."""
+    paths = [o.floatfile, o.intfile] + ([o.pgmfile] if o.write_pgm else [])
+    paths += [o.noisefile] if o.write_noise else []
+    paths += [o.cbffile] if o.cbffile is not None else []
+    files = [sweep_path(p, k - 1) for p in paths]
+    if panels > 1:
+        files = [panel_path(f, p) for f in files for p in range(panels)]
+    return files + [sweep_path(p, k - 1) for p in (o.exptfile, o.pngfile) if p is not None]
+
+
+def _write_manifest(path, rows: dict, columns) -> None:
+    import csv
+    import io as _io
+
+    from .io._common import atomic_write
+    buf = _io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    w.writerows(rows[k] for k in sorted(rows))
+    atomic_write(path, [buf.getvalue().encode()])
 
 
 def _write_image(image, i: int, out, nexus, n: int, label=None, nexus_still=False) -> list:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Developer entry points: ./dev.sh demo | test | setup
 #   setup: create .venv with the CPU build of PyTorch and the package (editable) with the
-#          test and formats extras (gemmi, fabio, h5py, hdf5plugin, pillow; nxmx for the tests)
+#          test, formats and cluster extras (gemmi, fabio, h5py, hdf5plugin, pillow; dask[distributed];
+#          nxmx for the tests)
 #   demo:  setup, then render a demo image into demo_out/ (float, SMV, noise SMV and PGM files)
 #   test:  setup, then run the test suite (includes the nanoBragg.c parity corpus in ../shared/golden)
 set -euo pipefail
@@ -14,7 +15,7 @@ setup() {
     fi
     # pin the CPU build: a bare "torch" requirement would pull a multi-GB CUDA build
     .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,formats]'
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,formats,cluster]'
 }
 
 case "${1:-}" in

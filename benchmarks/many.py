@@ -131,12 +131,9 @@ def main(argv=None):
     # (c) 1 vs 2 Dask workers
     workers = []
     if not a.no_workers:
-        try:
-            import dask.distributed  # noqa: F401
-            have = "-workers" in subprocess.run(ours_cmd() + ["-help"], env=env, capture_output=True,
-                                                text=True).stdout
-        except ImportError:
-            have = False
+        import importlib.util
+        have = importlib.util.find_spec("distributed") is not None and "-workers" in subprocess.run(
+            ours_cmd() + ["-help"], env=env, capture_output=True, text=True).stdout
         if have:
             for w in (1, 2):
                 d = work / f"workers{w}"

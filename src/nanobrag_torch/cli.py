@@ -105,6 +105,13 @@ def FILE(flag: str, text: str) -> str:
     return text
 
 
+def SCHEDULER(flag: str, text: str) -> str:
+    """-scheduler: a Dask scheduler address, PROTOCOL://HOST:PORT (or inproc://...)."""
+    if not re.fullmatch(r"(tcp|tls|ucx|ws|wss)://[^/:\s]+:\d+/?|inproc://\S+", text):
+        raise FlagError(f"{flag}: expected a scheduler address such as tcp://host:8786, got {text!r}")
+    return text
+
+
 def LABEL(flag: str, text: str) -> str:
     if not text.strip():
         raise FlagError(f"{flag}: expected a column label, got {text!r}")
@@ -707,6 +714,11 @@ FLAGS: List[Flag] = (
          "with -shots: each shot's wavelength times 1 + u * FRAC"),
         ("-jitter_distance_mm", "MM", (NONNEG,), _jitter("distance"),
          "with -shots: each shot's detector distance plus u * MM"),
+        ("-workers", "N", (POS_INT,), _set(O + "workers"),
+         "with -shots: render the batch on N local Dask worker processes (pip extra [cluster])"),
+        ("-scheduler", "ADDR", (SCHEDULER,), _set(O + "scheduler"),
+         "with -shots: render the batch on the Dask scheduler at ADDR, e.g. tcp://host:8786 "
+         "(default $DASK_SCHEDULER_ADDRESS when -workers is not given)"),
         ("-version --version", "", (), _nothing, "print the version and exit"),
     ])
     + _g("Not supported", [
@@ -1053,6 +1065,16 @@ def _check_outputs(st):
         raise FlagError("-shot: renders one shot of a batch: give -shots N too")
     if o.jitter and not o.shots:
         raise FlagError(f"-jitter_{o.jitter[0][0]}: jitters the shots of a batch: give -shots N too")
+    for flag, value in (("-workers", o.workers), ("-scheduler", o.scheduler)):
+        if value is not None:
+            if not o.shots:
+                raise FlagError(f"{flag}: distributes the shots of a batch: give -shots N too")
+            if o.nexusfile is not None:
+                raise FlagError(f"{flag}: each worker writes its own files; -nexusfile is one file "
+                                f"for the whole batch (leave it out, or run without {flag})")
+            require("dask.distributed")
+    if o.workers is not None and o.scheduler is not None:
+        raise FlagError("-workers: starts a local cluster; not with -scheduler (an existing one)")
     if o.shots:
         if o.seed is None:
             raise FlagError("-shots: a batch needs a seed (-seed S), which fixes every shot")

@@ -225,6 +225,8 @@ class OutputConfig:
     shot: Optional[int] = None         # -shot K: render only shot K of the batch
     manifest: str = "shots.csv"        # -manifest FILE: the batch's manifest (CSV)
     jitter: tuple = ()                 # -jitter_* of a batch: ((name, amount), ...) (shots.JITTER)
+    workers: Optional[int] = None      # -workers N: render the batch on a Dask LocalCluster (cluster.py)
+    scheduler: Optional[str] = None    # -scheduler ADDR: on an existing Dask scheduler (cluster.py)
 
 
 @dataclass

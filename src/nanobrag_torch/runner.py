@@ -180,6 +180,14 @@ def _run_shots(cfg: SimConfig, sim: Simulator, out) -> None:
         b = _shots.BLOCK_SHOTS
         blocks = [todo[i:i + b] for i in range(0, len(todo), b)]
     progress = console.progress_printer(out) if show_progress else None
+    from . import cluster
+    if restart and cluster.distributed(o):
+        if todo:
+            cluster.render(cfg, seed, n, todo, rows, columns, progress, out)
+        else:
+            _write_manifest(o.manifest, rows, columns)
+        print(f"writing {o.manifest} as the manifest of {n} shots", file=out)
+        return
     try:
         _render_blocks(sim, seed, o, n, ks, todo, blocks, rows, restart, files_of, progress, out, columns)
     except BaseException as exc:       # Ctrl-C, SIGTERM: the finished blocks stay in place

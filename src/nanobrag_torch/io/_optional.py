@@ -19,7 +19,9 @@ PACKAGES = {
     "h5py": ("h5py", "writing NeXus images"),
     "hdf5plugin": ("hdf5plugin", "Bitshuffle/LZ4 compression of NeXus images"),
     "PIL": ("pillow", "writing PNG previews"),
+    "dask": ("dask[distributed]", "rendering a batch on Dask workers (-workers, -scheduler)"),
 }
+EXTRAS = {"dask": "cluster"}      # packages of another extra than EXTRA
 
 
 class MissingDependency(ConfigError):
@@ -36,4 +38,4 @@ def require(module: str):
         pip_name, purpose = PACKAGES.get(top, (top, "this feature"))
         raise MissingDependency(
             f"{purpose} needs the Python package '{pip_name}', which is not installed: "
-            f"pip install 'nanobrag-torch[{EXTRA}]'") from None
+            f"pip install 'nanobrag-torch[{EXTRAS.get(top, EXTRA)}]'") from None

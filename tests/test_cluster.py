@@ -117,3 +117,15 @@ def test_workers_need_shots(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "-workers: distributes the shots of a batch" in err[0]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_labels_through_workers_byte_identical(tmp_path, monkeypatch, capsys, inproc):
+    pytest.importorskip("h5py")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "w").mkdir()
+    lab = lambda d: ["-labels", f"{d}/l.h5", "-label_threshold", "2"]  # noqa: E731
+    assert main(_batch("ref", 3) + lab("ref")) == 0
+    assert main(_batch("w", 3) + lab("w") + ["-scheduler", inproc]) == 0
+    ref = _files(tmp_path / "ref", "ref")
+    assert "l_00003.h5" in ref and _files(tmp_path / "w", "w") == ref

@@ -714,6 +714,11 @@ FLAGS: List[Flag] = (
          "with -shots: each shot's wavelength times 1 + u * FRAC"),
         ("-jitter_distance_mm", "MM", (NONNEG,), _jitter("distance"),
          "with -shots: each shot's detector distance plus u * MM"),
+        ("-labels", "FILE.h5", (FILE,), _set(O + "labels"),
+         "labels for learning: per image an HDF5 file of its spots (h k l, predicted fast/slow "
+         "pixel, summed photons) and its mask of pixels above -label_threshold (numbered as the images)"),
+        ("-label_threshold", "PHOTONS", (NONNEG,), _set(O + "label_threshold"),
+         "with -labels: the mask holds the pixels whose float photons exceed this (default 1)"),
         ("-workers", "N", (POS_INT,), _set(O + "workers"),
          "with -shots: render the batch on N local Dask worker processes (pip extra [cluster])"),
         ("-scheduler", "ADDR", (SCHEDULER,), _set(O + "scheduler"),
@@ -1065,6 +1070,10 @@ def _check_outputs(st):
         raise FlagError("-shot: renders one shot of a batch: give -shots N too")
     if o.jitter and not o.shots:
         raise FlagError(f"-jitter_{o.jitter[0][0]}: jitters the shots of a batch: give -shots N too")
+    if o.labels is not None:
+        require("h5py")
+    elif o.label_threshold is not None:
+        raise FlagError("-label_threshold: the threshold of the -labels mask: give -labels FILE.h5 too")
     for flag, value in (("-workers", o.workers), ("-scheduler", o.scheduler)):
         if value is not None:
             if not o.shots:

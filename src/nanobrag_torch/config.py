@@ -225,6 +225,8 @@ class OutputConfig:
     shot: Optional[int] = None         # -shot K: render only shot K of the batch
     manifest: str = "shots.csv"        # -manifest FILE: the batch's manifest (CSV)
     jitter: tuple = ()                 # -jitter_* of a batch: ((name, amount), ...) (shots.JITTER)
+    labels: Optional[str] = None       # -labels FILE.h5: spot list and Bragg mask per image (labels.py)
+    label_threshold: Optional[float] = None   # -label_threshold PHOTONS: the mask's pixels are above it (None: 1)
     workers: Optional[int] = None      # -workers N: render the batch on a Dask LocalCluster (cluster.py)
     scheduler: Optional[str] = None    # -scheduler ADDR: on an existing Dask scheduler (cluster.py)
 

@@ -53,7 +53,8 @@ def output_set(cfg: SimConfig, panels: int = 1) -> OutputSet:
     paths = [(flag, p) for flag, path in files for p in each(path)]
     paths += [("-nexusfile", o.nexusfile)] if o.nexusfile is not None else []
     paths += [("-manifest", o.manifest)] if o.shots and not o.shot else []
-    paths += [(flag, p) for flag, path in (("-exptfile", o.exptfile), ("-pngfile", o.pngfile))
+    paths += [(flag, p) for flag, path in (("-exptfile", o.exptfile), ("-pngfile", o.pngfile),
+                                           ("-labels", o.labels))
               if path is not None for p in numbered(path)]
     inputs = list(cfg.input_files)
     for flag, field in _INPUT_FIELDS:
@@ -243,7 +244,7 @@ def _shot_files(o, k: int, panels: int = 1) -> list:
     files = [sweep_path(p, k - 1) for p in paths]
     if panels > 1:
         files = [panel_path(f, p) for f in files for p in range(panels)]
-    return files + [sweep_path(p, k - 1) for p in (o.exptfile, o.pngfile) if p is not None]
+    return files + [sweep_path(p, k - 1) for p in (o.exptfile, o.pngfile, o.labels) if p is not None]
 
 
 def _write_manifest(path, rows: dict, columns) -> None:
@@ -284,6 +285,9 @@ def _write_image(image, i: int, out, nexus, n: int, label=None, nexus_still=Fals
         write_expt(num(o.exptfile), experiment_from_config(image.config, image.mode))
     if o.pngfile is not None:
         writers.write_png(num(o.pngfile), image)
+    if o.labels is not None:
+        from .labels import write_labels
+        write_labels(num(o.labels), image, _threshold(o))
     phi = float(image.config.crystal.phi_deg)
     label = label or f"image {i + 1}/{n}: phi {phi:g} deg"
     line = (f"{label}: {num(o.floatfile)} {num(o.intfile)} "
@@ -299,8 +303,13 @@ def _write_image(image, i: int, out, nexus, n: int, label=None, nexus_still=Fals
         + ([num(o.cbffile)] if o.cbffile is not None else [])
     if P > 1:
         files = [panel_path(f, p) for f in files for p in range(P)]
-    files += [num(f) for f in (o.exptfile, o.pngfile) if f is not None]
+    files += [num(f) for f in (o.exptfile, o.pngfile, o.labels) if f is not None]
     return files
+
+
+def _threshold(o) -> float:
+    """-label_threshold (default 1 photon)."""
+    return 1.0 if o.label_threshold is None else float(o.label_threshold)
 
 
 def _stills(exp, n):
@@ -376,3 +385,7 @@ def _run(cfg: SimConfig, sim: Simulator, out) -> None:
     if o.pngfile is not None:
         print(f"writing {o.pngfile} as PNG preview ({o.png_scale} scale)", file=out)
         writers.write_png(o.pngfile, image)
+    if o.labels is not None:
+        from .labels import write_labels
+        print(f"writing {o.labels} as labels (spots, mask above {_threshold(o):g} photons)", file=out)
+        write_labels(o.labels, image, _threshold(o))

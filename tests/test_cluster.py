@@ -129,3 +129,58 @@ def test_labels_through_workers_byte_identical(tmp_path, monkeypatch, capsys, in
     assert main(_batch("w", 3) + lab("w") + ["-scheduler", inproc]) == 0
     ref = _files(tmp_path / "ref", "ref")
     assert "l_00003.h5" in ref and _files(tmp_path / "w", "w") == ref
+
+
+def _die_once_at_shot_3(marker):
+    """Run on a worker process: the first render of shot 3 kills the process (os._exit)."""
+    import importlib
+    import os
+    mod = importlib.import_module("nanobrag_torch.shots")
+    real = mod.run_shots
+
+    def dying(sim, seed, ks, progress=None):
+        for k, image in real(sim, seed, ks, progress):
+            if k == 3 and not os.path.exists(marker):
+                open(marker, "w").close()
+                os._exit(1)
+            yield k, image
+    mod.run_shots = dying
+
+
+@pytest.mark.parametrize("allowed_failures", [3, 0])
+def test_worker_killed_mid_run(tmp_path, monkeypatch, capsys, allowed_failures):
+    """A worker process dies while rendering shot 3: with Dask's retries the run finishes
+    on the restarted worker; without (allowed-failures 0) it stops in one line and the
+    same command renders only the missing shots. Files byte-equal to the in-process batch."""
+    import sys
+
+    import cloudpickle
+    import dask
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "b").mkdir()
+    assert main(_batch("ref")) == 0
+    capsys.readouterr()
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    with dask.config.set({"distributed.scheduler.allowed-failures": allowed_failures}):
+        cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                           dashboard_address=None)
+        try:
+            with distributed.Client(cluster) as client:
+                client.run(_die_once_at_shot_3, str(tmp_path / "died"))
+            status = main(_batch("b") + ["-scheduler", cluster.scheduler_address])
+            cap = capsys.readouterr()
+            assert (tmp_path / "died").exists()
+            if allowed_failures:
+                assert status == 0 and _rendered(cap.out) == [1, 2, 3, 4, 5]
+            else:
+                err = cap.err.strip().splitlines()
+                assert status == 1 and len(err) == 1 and "run the same command again" in err[0]
+                kept = _rendered(cap.out)
+                assert 3 not in kept
+                assert main(_batch("b") + ["-scheduler", cluster.scheduler_address]) == 0
+                out = capsys.readouterr().out
+                assert _rendered(out) == sorted(set(range(1, 6)) - set(kept))
+        finally:
+            cluster.close()
+    assert _files(tmp_path / "b", "b") == _files(tmp_path / "ref", "ref")

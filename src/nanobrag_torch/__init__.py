@@ -18,6 +18,7 @@ from .modes import C_PARITY, SPEC, Mode
 from .simulator import Simulator, SuspiciousValueWarning, simulate
 from .sweep import sweep, sweep_path
 from .shots import shot_path, shots
+from .labels import spot_labels, write_labels
 from .validate import validate
 from . import writers
 from .writers import (noise_counts, write_cbf, write_float, write_nexus, write_noise, write_pgm,
@@ -29,5 +30,6 @@ __all__ = ["config_from_args", "simulate", "Simulator", "Image", "Stats", "SimCo
            "C_PARITY", "write_float", "write_smv", "write_pgm", "write_noise", "noise_counts", "write_cbf",
            "write_nexus", "write_png",
            "ConfigError", "ConfigValueError", "ConfigTypeError", "ConfigConflictError",
-           "UsageError", "SuspiciousValueWarning", "structure_factors", "sweep", "sweep_path", "shots", "shot_path"]
+           "UsageError", "SuspiciousValueWarning", "structure_factors", "sweep", "sweep_path", "shots", "shot_path",
+           "spot_labels", "write_labels"]
 __version__ = "0.1.0"

@@ -24,6 +24,7 @@ import importlib
 import io as _io
 import math
 import os
+import pickle
 
 from .errors import ConfigError
 
@@ -64,6 +65,8 @@ def render_block(cfg, seed: int, block: list, n: int, token: str, cwd: str, per_
     from .runner import _shot_files, _write_image
     from .simulator import Simulator
     _shots = importlib.import_module(__package__ + ".shots")
+    if isinstance(cfg, bytes):
+        cfg = pickle.loads(cfg)
     if os.getcwd() != cwd:
         os.chdir(cwd)
     device = None
@@ -126,6 +129,24 @@ def _client(o, out):
     return client, None
 
 
+def _remove_stale_temporaries(o, ks) -> None:
+    """The hidden temporaries (io.outputs.temp_name: .NAME.XXXXXXXX.tmp) a worker killed
+    while writing shots ks left beside their files; every task has ended by now."""
+    import glob
+    import re
+
+    from .runner import _shot_files
+    for k in ks:
+        for path in _shot_files(o, k):
+            folder, base = os.path.split(path)
+            for tmp in glob.glob(os.path.join(glob.escape(folder or "."), f".{glob.escape(base)}.*.tmp")):
+                if re.fullmatch(r"\.%s\.[0-9a-f]{8}\.tmp" % re.escape(base), os.path.basename(tmp)):
+                    try:
+                        os.unlink(tmp)
+                    except OSError:
+                        pass
+
+
 def block_size(ntodo: int, nworkers: int, most: int) -> int:
     """Shots per task: at most `most`, small enough for two tasks per worker."""
     return max(1, min(most, math.ceil(ntodo / max(1, 2 * nworkers))))
@@ -156,7 +177,9 @@ def render(cfg, seed: int, n: int, todo: list, rows: dict, columns, progress, ou
             per_host[host] = per_host.get(host, 0) + 1
         b = block_size(len(todo), len(workers) or (o.workers or 1), _shots.BLOCK_SHOTS)
         blocks = [todo[i:i + b] for i in range(0, len(todo), b)]
-        [cfg_f] = client.scatter([cfg], broadcast=True)
+        # the config travels inside each task (not scattered: a lost worker would take the
+        # scattered copy with it and fail every later task)
+        cfg_f = pickle.dumps(cfg, protocol=pickle.HIGHEST_PROTOCOL)
         token, cwd = uuid.uuid4().hex, os.getcwd()
         futures = {client.submit(render_block, cfg_f, seed, blk, n, token, cwd, per_host, os.getpid(),
                                  key=f"nanobrag-shots-{blk[0]}-{blk[-1]}-{token}", pure=False): blk
@@ -182,6 +205,7 @@ def render(cfg, seed: int, n: int, todo: list, rows: dict, columns, progress, ou
         client.close()
         if cluster is not None:
             cluster.close()
+        _remove_stale_temporaries(o, todo)
     if failed:
         blk, exc = failed[0]
         what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

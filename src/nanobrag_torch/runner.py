@@ -182,15 +182,12 @@ def _run_shots(cfg: SimConfig, sim: Simulator, out) -> None:
         blocks = [todo[i:i + b] for i in range(0, len(todo), b)]
     progress = console.progress_printer(out) if show_progress else None
     from . import cluster
-    if restart and cluster.distributed(o):
-        if todo:
-            cluster.render(cfg, seed, n, todo, rows, columns, progress, out)
-        else:
-            _write_manifest(o.manifest, rows, columns)
-        print(f"writing {o.manifest} as the manifest of {n} shots", file=out)
-        return
+    on_dask = restart and cluster.distributed(o)
     try:
-        _render_blocks(sim, seed, o, n, ks, todo, blocks, rows, restart, files_of, progress, out, columns)
+        if on_dask and todo:
+            cluster.render(cfg, seed, n, todo, rows, columns, progress, out)
+        elif not on_dask:
+            _render_blocks(sim, seed, o, n, ks, todo, blocks, rows, restart, files_of, progress, out, columns)
     except BaseException as exc:       # Ctrl-C, SIGTERM: the finished blocks stay in place
         kept = len(rows) - len(done)
         if restart and kept and not getattr(exc, "outputs_written", False):
@@ -199,7 +196,7 @@ def _run_shots(cfg: SimConfig, sim: Simulator, out) -> None:
             except AttributeError:
                 pass
         raise
-    if not o.shot and (not restart or not todo):
+    if not o.shot and (not restart or not todo or on_dask):
         _write_manifest(o.manifest, rows, columns)
     if not o.shot:
         print(f"writing {o.manifest} as the manifest of {n} shots", file=out)

@@ -368,6 +368,38 @@ def _stol(mult):
     return act
 
 
+def _amorphous(st, vals):
+    """-amorphous FILE: a new layer (read after all flags, with the mode's table rules)."""
+    from .config import AmorphousLayer
+    st.cfg.background.amorphous.append(AmorphousLayer(stol_file=vals[0]))
+
+
+_amorphous.fields = ("background.amorphous",)
+
+
+def _layer(attr, optional=False):
+    """A flag setting the last -amorphous layer's attr; optional: before any layer the flag
+    has no effect (nanoBragg.c's own -density and -MW), else it is an error."""
+    @_sets("background.amorphous")
+    def act(st, vals):
+        layers = st.cfg.background.amorphous
+        if not layers:
+            if optional:
+                return
+            raise FlagError(f"{st.flag}: give it after -amorphous FILE (it sets that layer's value)")
+        setattr(layers[-1], attr, vals[0])
+    return act
+
+
+def _response(attr):
+    """A detector-response flag: sets response.attr and turns the stage on."""
+    @_sets(f"response.{attr}")
+    def act(st, vals):
+        setattr(st.cfg.response, attr, vals[0])
+        st.cfg.response.enabled = True
+    return act
+
+
 def _remember(attr, *fields):
     """File flags: remember the name (read after all flags; last one wins)."""
     @_sets(*fields)
@@ -631,10 +663,35 @@ FLAGS: List[Flag] = (
         ("-4stol", "FILE", (FILE,), _stol(1e10 / 4), "as -stol with 4 sin(theta)/lambda"),
         ("-Q", "FILE", (FILE,), _stol(1e10 / math.pi / 4), "as -stol with Q = 4 pi sin(theta)/lambda"),
         ("-stolout", "FILE", (FILE,), _nothing, "accepted for compatibility, no effect"),
-        ("-density -sample_den -sample_density", "G/CM3", (NUM,), _nothing,
-         "accepted for compatibility, no effect"),
-        ("-MW -molec", "G/MOL", (NUM,), _nothing, "accepted for compatibility, no effect"),
+        ("-amorphous", "FILE", (FILE,), _amorphous,
+         "add an amorphous layer (water, air, ...) with this F(stol) table (stol in 1/A, F); "
+         "repeatable: each starts a new layer, set by the -sample_thickness_mm, -density and "
+         "-MW after it (nonBragg's physics on this run's detector and sources)"),
+        ("-sample_thickness_mm", "MM", (NONNEG,), _layer("thickness_mm"),
+         "the current -amorphous layer's thickness along the beam (mm, default 0.1)"),
+        ("-density -sample_den -sample_density", "G/CM3", (NONNEG,), _layer("density_g_cm3", optional=True),
+         "the current -amorphous layer's density (g/cm^3, default 1); before any -amorphous: "
+         "no effect, as nanoBragg.c"),
+        ("-MW -molec", "G/MOL", (POS,), _layer("molecular_weight", optional=True),
+         "the current -amorphous layer's molecular weight (g/mol, default 18); before any "
+         "-amorphous: no effect, as nanoBragg.c"),
         ("-coherent", "", (), _nothing, "accepted for compatibility, no effect"),
+    ])
+    + _g("Detector response (noisify's stages; port-only)", [
+        ("-psf", "gauss|fiber", (_choice("gauss", "fiber"),), _response("psf"),
+         "point-spread function applied to the photon counts of the noise image"),
+        ("-psf_fwhm", "UM", (NONNEG,), _response("psf_fwhm_um"), "PSF full width (um, default 46)"),
+        ("-psf_radius", "PX", (NONNEG_INT,), _response("psf_radius"),
+         "PSF rendering radius (pixels, 0: automatic)"),
+        ("-readout_noise -readout -readnoise", "ADU", (NONNEG,), _response("readout_noise"),
+         "read-out noise of the noise image (rms ADU)"),
+        ("-flicker", "FRAC", (NONNEG,), _response("flicker"), "beam flicker per pixel (rms fraction)"),
+        ("-calibration", "FRAC", (NONNEG,), _response("calibration"),
+         "static per-pixel gain error (rms fraction; noisify's default 0.03 once any response flag "
+         "is given)"),
+        ("-gain", "ADU/PH", (NUM,), _response("gain"), "ADU per photon of the noise image (default 1)"),
+        ("-calib_seed", "N", (INT,), _response("calib_seed"),
+         "calibration-error seed (default: noisify's fixed one)"),
     ])
     + _g("Output", [
         ("-floatfile -floatimage", "FILE", (FILE,), _set(O + "floatfile"),
@@ -882,7 +939,7 @@ def flag_for_field(field: str, uses=()) -> str:
         base = base.rsplit(".", 1)[0]         # 'crystal.hkl.F' -> 'crystal.hkl'
 
 
-_INPUT_FLAGS = ("-hkl", "-model", "-mat", "-sourcefile", "-stol", "-4stol", "-Q", "-img", "-mask",
+_INPUT_FLAGS = ("-hkl", "-model", "-mat", "-sourcefile", "-stol", "-4stol", "-Q", "-img", "-mask", "-amorphous",
                 "-expt", "-detector_json")
 
 
@@ -964,6 +1021,8 @@ def _read_inputs(st):
         cfg.background.stol_file = path
         inputs.read_stol(cfg, flag, mode)
         cfg.background.stol_mult = mult
+    for layer in cfg.background.amorphous:
+        inputs.read_layer_table(layer, mode)
 
 
 def _read_structure_factors(st, flag_file, mode):

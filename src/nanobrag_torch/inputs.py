@@ -75,6 +75,12 @@ def read_stol(cfg: SimConfig, flag: str = "-stol", mode=None) -> None:
     cfg.background.stol_table = read_file(flag, cfg.background.stol_file, read, strict=strict)
 
 
+def read_layer_table(layer, mode) -> None:
+    """An -amorphous layer's F(stol) table (config.AmorphousLayer), by `mode`'s rules."""
+    from .io.stol import read_stol as read
+    layer.stol_table = read_file("-amorphous", layer.stol_file, read, strict=get_mode(mode).strict_stol_table)
+
+
 def for_mode(cfg: SimConfig, mode) -> SimConfig:
     """cfg, or a copy whose mode-dependent inputs are re-read by `mode`'s rules when cfg's
     were read by the other mode's (structure factors, source file)."""

@@ -275,7 +275,7 @@ def _write_image(image, i: int, out, nexus, n: int, label=None, nexus_still=Fals
         from .io.expt import write_expt
         write_expt(num(o.exptfile), experiment_from_config(image.config, image.mode))
     if o.pngfile is not None:
-        writers.write_png(num(o.pngfile), image)
+        writers.write_png(num(o.pngfile), image, noise=noise)
     phi = float(image.config.crystal.phi_deg)
     label = label or f"image {i + 1}/{n}: phi {phi:g} deg"
     line = (f"{label}: {num(o.floatfile)} {num(o.intfile)} "
@@ -366,5 +366,6 @@ def _run(cfg: SimConfig, sim: Simulator, out) -> None:
         print(f"writing {o.exptfile} as a DIALS experiment list", file=out)
         write_expt(o.exptfile, experiment_from_config(image.config, image.mode))
     if o.pngfile is not None:
-        print(f"writing {o.pngfile} as PNG preview ({o.png_scale} scale)", file=out)
-        writers.write_png(o.pngfile, image)
+        seen = "detector ADUs" if (noise is not None and cfg.response.enabled) else "photons"
+        print(f"writing {o.pngfile} as PNG preview ({o.png_scale} scale, {seen})", file=out)
+        writers.write_png(o.pngfile, image, noise=noise)

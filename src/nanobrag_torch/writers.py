@@ -238,10 +238,16 @@ def write_nexus(path, image: Image, *, noise: Noise | None = None) -> None:
     write(path, detector_counts(image, noise), experiment(image))
 
 
-def write_png(path, image: Image, *, scale: str | None = None) -> None:
-    """An 8-bit inverted grey-scale preview (Pillow); -pngfile, -png_scale linear|log."""
+def write_png(path, image: Image, *, scale: str | None = None, noise: Noise | None = None) -> None:
+    """An 8-bit inverted grey-scale preview (Pillow); -pngfile, -png_scale linear|log.
+    With the detector-response stage on and its noise image given: a preview of what the
+    detector records (the noise image's ADUs less -adc), else of the float image."""
     from .io.png import write_png as write
     scale = scale or image.config.output.png_scale
+    if noise is not None and image.config.response.enabled and not _per_panel(image):
+        data = noise.counts.astype(np.float32) - np.float32(image.config.output.adc)
+        write(path, data, scale=scale, mask=experiment(image).mask)
+        return
     if _per_panel(image):
         view, seen = assembled_view(image)          # one picture of the whole detector
         write(path, view, scale=scale, mask=seen)

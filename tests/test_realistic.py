@@ -88,8 +88,8 @@ def test_layers_cli_equal_floatadd(tmp_path):
 def test_density_and_MW_before_any_layer_have_no_effect():
     """nanoBragg.c's own -density/-MW keep their meaning (none) without -amorphous."""
     plain = nb.simulate(nb.config_from_args(CRYSTAL + GEOM + ["-water", "50"])).pixels
-    flags = nb.simulate(nb.config_from_args(CRYSTAL + GEOM + ["-water", "50", "-density", "3",
-                                                              "-MW", "7"])).pixels
+    flags = nb.simulate(nb.config_from_args(CRYSTAL + GEOM + ["-water", "50", "-density", "-3",
+                                                              "-MW", "0"])).pixels
     assert torch.equal(plain, flags)
     cfg = nb.config_from_args(CRYSTAL + ["-density", "3", "-amorphous", WATER, "-density", "0.9"])
     assert [layer.density_g_cm3 for layer in cfg.background.amorphous] == [0.9]
@@ -138,12 +138,15 @@ def test_without_response_flags_noise_is_nanobraggs(tmp_path):
     (["-gain", "x"], "-gain"),
     (["-amorphous", WATER, "-sample_thickness_mm", "-1"], "-sample_thickness_mm"),
     (["-amorphous", WATER, "-MW", "0"], "-MW"),
+    (["-amorphous", WATER, "-density", "-1"], "-density"),
     (["-psf_radius", "1.5"], "-psf_radius"),
 ])
-def test_bad_inputs_one_line_no_outputs(tmp_path, args, flag):
+def test_bad_inputs_one_line_no_outputs(tmp_path, capsys, args, flag):
     st, out = _main(cli.main, CRYSTAL + GEOM + args + ["-floatfile", "f.bin"], tmp_path)
     assert st != 0
     assert list(tmp_path.iterdir()) == []
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and flag in err[0], err
 
 
 def test_bad_input_message_names_flag(tmp_path, capsys):
@@ -206,3 +209,13 @@ def test_gradient_psf_width_and_gain():
     assert abs(float(gfw) - float(fd_fw)) <= 1e-6 * abs(float(fd_fw)) + 1e-12, (float(gfw), float(fd_fw))
     assert abs(float(gg) - float(fd_g)) <= 1e-9 * abs(float(fd_g)), (float(gg), float(fd_g))
     assert float(gfw) != 0.0
+
+
+def test_layer_tables_reread_for_the_other_mode():
+    """A config parsed in spec mode and run in c-parity reads its layer tables by c-parity's
+    rules (inputs.for_mode): the same image as parsing in c-parity."""
+    args = CRYSTAL + GEOM + ["-amorphous", WATER, "-sample_thickness_mm", "0.15"]
+    spec_cfg = nb.config_from_args(args)
+    a = nb.simulate(spec_cfg, mode="c-parity").pixels
+    b = nb.simulate(nb.config_from_args(args + ["-mode", "c-parity"])).pixels
+    assert torch.equal(a, b)

@@ -377,9 +377,10 @@ def _amorphous(st, vals):
 _amorphous.fields = ("background.amorphous",)
 
 
-def _layer(attr, optional=False):
+def _layer(attr, optional=False, ge=None, gt=None):
     """A flag setting the last -amorphous layer's attr; optional: before any layer the flag
-    has no effect (nanoBragg.c's own -density and -MW), else it is an error."""
+    has no effect, any value accepted (nanoBragg.c's own -density and -MW), else it is an
+    error. ge, gt: bounds of a layer's value."""
     @_sets("background.amorphous")
     def act(st, vals):
         layers = st.cfg.background.amorphous
@@ -387,7 +388,11 @@ def _layer(attr, optional=False):
             if optional:
                 return
             raise FlagError(f"{st.flag}: give it after -amorphous FILE (it sets that layer's value)")
-        setattr(layers[-1], attr, vals[0])
+        v = vals[0]
+        if (ge is not None and not v >= ge) or (gt is not None and not v > gt):
+            raise FlagError(f"{st.flag}: must be {'>=' if ge is not None else '>'} "
+                            f"{ge if ge is not None else gt}, got {v:g}")
+        setattr(layers[-1], attr, v)
     return act
 
 
@@ -669,10 +674,10 @@ FLAGS: List[Flag] = (
          "-MW after it (nonBragg's physics on this run's detector and sources)"),
         ("-sample_thickness_mm", "MM", (NONNEG,), _layer("thickness_mm"),
          "the current -amorphous layer's thickness along the beam (mm, default 0.1)"),
-        ("-density -sample_den -sample_density", "G/CM3", (NONNEG,), _layer("density_g_cm3", optional=True),
+        ("-density -sample_den -sample_density", "G/CM3", (NUM,), _layer("density_g_cm3", optional=True, ge=0),
          "the current -amorphous layer's density (g/cm^3, default 1); before any -amorphous: "
          "no effect, as nanoBragg.c"),
-        ("-MW -molec", "G/MOL", (POS,), _layer("molecular_weight", optional=True),
+        ("-MW -molec", "G/MOL", (NUM,), _layer("molecular_weight", optional=True, gt=0),
          "the current -amorphous layer's molecular weight (g/mol, default 18); before any "
          "-amorphous: no effect, as nanoBragg.c"),
         ("-coherent", "", (), _nothing, "accepted for compatibility, no effect"),

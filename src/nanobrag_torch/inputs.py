@@ -98,9 +98,10 @@ def for_mode(cfg: SimConfig, mode) -> SimConfig:
         hkl_from_file = file_kind(cfg.crystal.hkl_file) == "text"
     reread_hkl = hkl_differs and hkl_from_file
     reread_sources = sources_differ and cfg.beam.source_file is not None
-    reread_stol = (read_as.strict_stol_table != mode.strict_stol_table
-                   and cfg.background.stol_file is not None)
-    if not (reread_hkl or reread_sources or reread_stol):
+    tables_differ = read_as.strict_stol_table != mode.strict_stol_table
+    reread_stol = tables_differ and cfg.background.stol_file is not None
+    reread_layers = tables_differ and any(layer.stol_file is not None for layer in cfg.background.amorphous)
+    if not (reread_hkl or reread_sources or reread_stol or reread_layers):
         return cfg
     crystal = dataclasses.replace(cfg.crystal)
     beam = dataclasses.replace(cfg.beam)
@@ -114,4 +115,9 @@ def for_mode(cfg: SimConfig, mode) -> SimConfig:
         read_sources(copy, mode)
     if reread_stol:
         read_stol(copy, mode=mode)
+    if reread_layers:
+        background.amorphous = [dataclasses.replace(layer) for layer in cfg.background.amorphous]
+        for layer in background.amorphous:
+            if layer.stol_file is not None:
+                read_layer_table(layer, mode)
     return copy

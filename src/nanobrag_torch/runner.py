@@ -354,6 +354,8 @@ def _run(cfg: SimConfig, sim: Simulator, out) -> None:
         writers.write_noise(o.noisefile, image, noise=noise)
     # CBF, NeXus and PNG (port-only): after the C's files, from the same image and noise
     what = "photon counts with Poisson noise" if noise is not None else "photon counts (no noise)"
+    if noise is not None and cfg.response.enabled:
+        what = "ADUs of the detector-response stage"
     if o.cbffile is not None:
         print(f"writing {o.cbffile} as miniCBF ({what})", file=out)
         writers.write_cbf(o.cbffile, image, noise=noise)

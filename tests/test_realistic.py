@@ -219,3 +219,12 @@ def test_layer_tables_reread_for_the_other_mode():
     a = nb.simulate(spec_cfg, mode="c-parity").pixels
     b = nb.simulate(nb.config_from_args(args + ["-mode", "c-parity"])).pixels
     assert torch.equal(a, b)
+
+
+def test_sweep_with_layers_equals_single_runs():
+    """-nimages: each image (layers rendered once for the sweep) equals its single run."""
+    args = CRYSTAL + GEOM + ["-amorphous", WATER, "-sample_thickness_mm", "0.15", "-osc", "2"]
+    images = list(nb.Simulator(nb.config_from_args(args + ["-nimages", "2"])).sweep(2))
+    single = nb.simulate(nb.config_from_args(args + ["-phi", "2"])).pixels
+    assert torch.equal(images[1].pixels, single)
+    assert not torch.equal(images[0].pixels, images[1].pixels)

@@ -302,11 +302,13 @@ class Simulator:
 
     def _amorphous(self, cfg: SimConfig, setup: Setup):
         """The -amorphous layers' photons (S, F) on this run's detector (None without layers);
-        cached while the config is unchanged and no gradient is wanted."""
+        cached while what they depend on (detector, beam, background, mode; the static
+        oversampling) is unchanged and no gradient is wanted: a sweep or a batch of
+        orientations renders them once."""
         if not cfg.background.amorphous:
             return None
-        cacheable = cfg is self.config and not torch.is_grad_enabled()
-        key = fingerprint(cfg) if cacheable else None
+        cacheable = not torch.is_grad_enabled()
+        key = fingerprint((cfg.detector, cfg.beam, cfg.background, cfg.mode)) if cacheable else None
         cached = getattr(self, "_amorphous_cache", None)
         if cacheable and cached is not None and cached[0] == key:
             return cached[1]

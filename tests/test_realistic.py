@@ -28,8 +28,8 @@ WATER, AIR = str(EX / "water.stol"), str(EX / "air.stol")
 CRYSTAL = ["-cell", "50", "60", "70", "90", "90", "90", "-default_F", "100", "-N", "3"]
 GEOM = ["-detpixels", "24", "-pixel", "0.4", "-distance", "40", "-oversample", "2", "-polar", "0.6",
         "-lambda", "1.2"]
-LAYERS = ["-amorphous", WATER, "-sample_thickness_mm", "0.15",
-          "-amorphous", AIR, "-sample_thickness_mm", "3", "-density", "1.2e-3", "-MW", "29"]
+LAYERS = ["-amorphous", WATER, "-layer_thickness_mm", "0.15",
+          "-amorphous", AIR, "-layer_thickness_mm", "3", "-density", "1.2e-3", "-MW", "29"]
 # nonbragg-torch flags for the same detector: nanoBragg's MOSFLM beam centre (detsize + pixel)/2
 # plus its 0.5 px offset is nonBragg's -Xbeam/-Ybeam 5.2 mm
 NB_GEOM = GEOM + ["-Xbeam", "5.2", "-Ybeam", "5.2", "-nonoise"]
@@ -69,7 +69,7 @@ def test_layers_equal_nanobragg_plus_nonbragg(mode):
 def test_layers_cli_equal_floatadd(tmp_path):
     """The command lines: float file with a layer = floatadd-torch(without, nonbragg-torch)."""
     base = CRYSTAL + GEOM + ["-nonoise", "-nopgm", "-noprogress"]
-    st, out = _main(cli.main, base + ["-amorphous", WATER, "-sample_thickness_mm", "0.15",
+    st, out = _main(cli.main, base + ["-amorphous", WATER, "-layer_thickness_mm", "0.15",
                                       "-floatfile", "a.bin", "-intfile", "a.img"], tmp_path)
     assert st == 0, out
     st, out = _main(cli.main, base + ["-floatfile", "b.bin", "-intfile", "b.img"], tmp_path)
@@ -102,7 +102,7 @@ RESPONSE = ["-psf", "gauss", "-psf_fwhm", "500", "-readout_noise", "2.5", "-flic
 @pytest.mark.parametrize("mode", ["spec", "c-parity"])
 def test_response_noise_equals_noisify(tmp_path, mode):
     """The noise image of nanobrag-torch with response flags = noisify-torch on its float file."""
-    args = CRYSTAL + GEOM + ["-amorphous", WATER, "-sample_thickness_mm", "0.05", "-mode", mode, "-fluence", "2e18",
+    args = CRYSTAL + GEOM + ["-amorphous", WATER, "-layer_thickness_mm", "0.05", "-mode", mode, "-fluence", "2e18",
                              "-floatfile", "f.bin", "-intfile", "i.img", "-noisefile", "n.img",
                              "-nopgm", "-noprogress"] + RESPONSE
     st, out = _main(cli.main, args, tmp_path)
@@ -132,11 +132,11 @@ def test_without_response_flags_noise_is_nanobraggs(tmp_path):
 
 
 @pytest.mark.parametrize("args, flag", [
-    (["-sample_thickness_mm", "0.1"], "-sample_thickness_mm"),
+    (["-layer_thickness_mm", "0.1"], "-layer_thickness_mm"),
     (["-amorphous", "missing.stol"], "-amorphous"),
     (["-psf", "lorentz"], "-psf"),
     (["-gain", "x"], "-gain"),
-    (["-amorphous", WATER, "-sample_thickness_mm", "-1"], "-sample_thickness_mm"),
+    (["-amorphous", WATER, "-layer_thickness_mm", "-1"], "-layer_thickness_mm"),
     (["-amorphous", WATER, "-MW", "0"], "-MW"),
     (["-amorphous", WATER, "-density", "-1"], "-density"),
     (["-psf_radius", "1.5"], "-psf_radius"),
@@ -150,9 +150,9 @@ def test_bad_inputs_one_line_no_outputs(tmp_path, capsys, args, flag):
 
 
 def test_bad_input_message_names_flag(tmp_path, capsys):
-    st, _ = _main(cli.main, CRYSTAL + GEOM + ["-sample_thickness_mm", "0.1"], tmp_path)
+    st, _ = _main(cli.main, CRYSTAL + GEOM + ["-layer_thickness_mm", "0.1"], tmp_path)
     err = capsys.readouterr().err.strip().splitlines()
-    assert st == 2 and len(err) == 1 and "-sample_thickness_mm" in err[0], err
+    assert st == 2 and len(err) == 1 and "-layer_thickness_mm" in err[0], err
 
 
 def test_config_round_trip_keeps_layers():
@@ -214,7 +214,7 @@ def test_gradient_psf_width_and_gain():
 def test_layer_tables_reread_for_the_other_mode():
     """A config parsed in spec mode and run in c-parity reads its layer tables by c-parity's
     rules (inputs.for_mode): the same image as parsing in c-parity."""
-    args = CRYSTAL + GEOM + ["-amorphous", WATER, "-sample_thickness_mm", "0.15"]
+    args = CRYSTAL + GEOM + ["-amorphous", WATER, "-layer_thickness_mm", "0.15"]
     spec_cfg = nb.config_from_args(args)
     a = nb.simulate(spec_cfg, mode="c-parity").pixels
     b = nb.simulate(nb.config_from_args(args + ["-mode", "c-parity"])).pixels
@@ -223,8 +223,22 @@ def test_layer_tables_reread_for_the_other_mode():
 
 def test_sweep_with_layers_equals_single_runs():
     """-nimages: each image (layers rendered once for the sweep) equals its single run."""
-    args = CRYSTAL + GEOM + ["-amorphous", WATER, "-sample_thickness_mm", "0.15", "-osc", "2"]
+    args = CRYSTAL + GEOM + ["-amorphous", WATER, "-layer_thickness_mm", "0.15", "-osc", "2"]
     images = list(nb.Simulator(nb.config_from_args(args + ["-nimages", "2"])).sweep(2))
     single = nb.simulate(nb.config_from_args(args + ["-phi", "2"])).pixels
     assert torch.equal(images[1].pixels, single)
     assert not torch.equal(images[0].pixels, images[1].pixels)
+
+
+def test_sample_thickness_alias_spec_only(tmp_path, capsys):
+    """-sample_thickness_mm (the issue's spelling) is -layer_thickness_mm in spec mode; in
+    c-parity it is refused (nanoBragg.c reads the word as -sample_thick; modes.md row 19)."""
+    base = CRYSTAL + ["-amorphous", WATER]
+    a = nb.config_from_args(base + ["-sample_thickness_mm", "0.3"])
+    b = nb.config_from_args(base + ["-layer_thickness_mm", "0.3"])
+    assert a.background.amorphous[0].thickness_mm == b.background.amorphous[0].thickness_mm == 0.3
+    nb.config_from_args(base + ["-layer_thickness_mm", "0.3", "-mode", "c-parity"])
+    st, _ = _main(cli.main, base + GEOM + ["-sample_thickness_mm", "0.3", "-mode", "c-parity"], tmp_path)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert st == 2 and len(err) == 1 and "-layer_thickness_mm" in err[0] and "-sample_thick" in err[0], err
+    assert list(tmp_path.iterdir()) == []

@@ -393,7 +393,14 @@ def _layer(attr, optional=False, ge=None, gt=None):
             raise FlagError(f"{st.flag}: must be {'>=' if ge is not None else '>'} "
                             f"{ge if ge is not None else gt}, got {v:g}")
         setattr(layers[-1], attr, v)
+        if st.flag in C_READS_OTHERWISE:
+            st.c_misread.append(st.flag)
     return act
+
+
+# port-only spellings that contain one of nanoBragg.c's strstr patterns (the C would read them
+# as that flag): refused in c-parity mode (docs/modes.md row 19), the other spelling named
+C_READS_OTHERWISE = {"-sample_thickness_mm": ("-sample_thick", "-layer_thickness_mm")}
 
 
 def _response(attr):
@@ -670,10 +677,11 @@ FLAGS: List[Flag] = (
         ("-stolout", "FILE", (FILE,), _nothing, "accepted for compatibility, no effect"),
         ("-amorphous", "FILE", (FILE,), _amorphous,
          "add an amorphous layer (water, air, ...) with this F(stol) table (stol in 1/A, F); "
-         "repeatable: each starts a new layer, set by the -sample_thickness_mm, -density and "
+         "repeatable: each starts a new layer, set by the -layer_thickness_mm, -density and "
          "-MW after it (nonBragg's physics on this run's detector and sources)"),
-        ("-sample_thickness_mm", "MM", (NONNEG,), _layer("thickness_mm"),
-         "the current -amorphous layer's thickness along the beam (mm, default 0.1)"),
+        ("-layer_thickness_mm -sample_thickness_mm", "MM", (NONNEG,), _layer("thickness_mm"),
+         "the current -amorphous layer's thickness along the beam (mm, default 0.1; "
+         "-sample_thickness_mm: spec mode only, nanoBragg.c reads that word as -sample_thick)"),
         ("-density -sample_den -sample_density", "G/CM3", (NUM,), _layer("density_g_cm3", optional=True, ge=0),
          "the current -amorphous layer's density (g/cm^3, default 1); before any -amorphous: "
          "no effect, as nanoBragg.c"),
@@ -877,6 +885,7 @@ class _State:
         self.model = None
         self.implicit_dump = False
         self.mask_file = None
+        self.c_misread = []                 # port-only words the C reads as another flag
         self.flag = ""
         self.index = -1
 
@@ -911,6 +920,7 @@ def config_from_args(argv: Sequence[str], *, implicit_dump: bool = False) -> Sim
 
     _finish_crystal(st)
     _finish_quirks(st)
+    _check_c_spellings(st)
     _check_usage(st)
     _read_inputs(st)
     _validated(st, uses)
@@ -982,6 +992,17 @@ def _finish_quirks(st):
 
 def _dump_available(st) -> bool:
     return (st.implicit_dump or st.dump is not None) and os.path.exists(st.cfg.crystal.dump_file)
+
+
+def _check_c_spellings(st):
+    """c-parity: a port-only word that nanoBragg.c reads as another of its flags is refused
+    (modes.md row 19), naming the spelling to use."""
+    if get_mode(st.cfg.mode).port_spellings_kept:
+        return
+    for flag in st.c_misread:
+        c_flag, instead = C_READS_OTHERWISE[flag]
+        raise FlagError(f"{flag}: nanoBragg.c reads this word as {c_flag} (the crystal's thickness); "
+                        f"in c-parity mode write {instead} for the layer")
 
 
 def _check_usage(st):

@@ -193,7 +193,7 @@ class BeamConfig:
 
 @dataclass
 class AmorphousLayer:
-    """One amorphous layer in the beam (-amorphous FILE, then its -sample_thickness_mm,
+    """One amorphous layer in the beam (-amorphous FILE, then its -layer_thickness_mm,
     -density, -MW): nonBragg's sample, rendered on the run's own detector and sources
     (background.amorphous_photons) and added to the image. Width and height are nonBragg's
     (0.1 mm, clipped by -beamsize)."""

@@ -35,6 +35,7 @@ class Mode:
     physical_water: bool            # -water: molecules r_e^2 fluence F(stol)^2 omega polar, no 1/steps
     subpixel_factors: bool          # -oversample_*: each subpixel's factor multiplies its own terms
     suite_spec_stages: bool         # -amorphous layers and the detector response: nonbragg/noisify's spec rules
+    port_spellings_kept: bool       # port-only words containing a C pattern keep the port's meaning
 
     @property
     def c_parity(self) -> bool:
@@ -67,6 +68,7 @@ ROWS = {
     16: "physical_water",
     17: "subpixel_factors",
     18: "suite_spec_stages",
+    19: "port_spellings_kept",
 }
 
 

@@ -8,8 +8,8 @@
     nb.write_smv("image.img", image)    # the command line's files, from Python
 """
 from .cli import config_from_args
-from .config import (BackgroundConfig, BeamConfig, CrystalConfig, DetectorConfig, HKLData,
-                     OutputConfig, SimConfig, SourceList, from_dict, to_dict)
+from .config import (AmorphousLayer, BackgroundConfig, BeamConfig, CrystalConfig, DetectorConfig,
+                     HKLData, OutputConfig, ResponseConfig, SimConfig, SourceList, from_dict, to_dict)
 from .errors import (ConfigConflictError, ConfigError, ConfigTypeError, ConfigValueError,
                      UsageError)
 from .image import Image, Stats
@@ -26,6 +26,7 @@ from .writers import (noise_counts, write_cbf, write_float, write_nexus, write_n
 
 __all__ = ["config_from_args", "simulate", "Simulator", "Image", "Stats", "SimConfig",
            "CrystalConfig", "DetectorConfig", "BeamConfig", "BackgroundConfig", "OutputConfig",
+           "AmorphousLayer", "ResponseConfig",
            "HKLData", "SourceList", "to_dict", "from_dict", "validate", "Mode", "SPEC",
            "C_PARITY", "write_float", "write_smv", "write_pgm", "write_noise", "noise_counts", "write_cbf",
            "write_nexus", "write_png",

@@ -375,6 +375,50 @@ def _stol(mult):
     return act
 
 
+def _amorphous(st, vals):
+    """-amorphous FILE: a new layer (read after all flags, with the mode's table rules)."""
+    from .config import AmorphousLayer
+    st.cfg.background.amorphous.append(AmorphousLayer(stol_file=vals[0]))
+
+
+_amorphous.fields = ("background.amorphous",)
+
+
+def _layer(attr, optional=False, ge=None, gt=None):
+    """A flag setting the last -amorphous layer's attr; optional: before any layer the flag
+    has no effect, any value accepted (nanoBragg.c's own -density and -MW), else it is an
+    error. ge, gt: bounds of a layer's value."""
+    @_sets("background.amorphous")
+    def act(st, vals):
+        layers = st.cfg.background.amorphous
+        if not layers:
+            if optional:
+                return
+            raise FlagError(f"{st.flag}: give it after -amorphous FILE (it sets that layer's value)")
+        v = vals[0]
+        if (ge is not None and not v >= ge) or (gt is not None and not v > gt):
+            raise FlagError(f"{st.flag}: must be {'>=' if ge is not None else '>'} "
+                            f"{ge if ge is not None else gt}, got {v:g}")
+        setattr(layers[-1], attr, v)
+        if st.flag in C_READS_OTHERWISE:
+            st.c_misread.append(st.flag)
+    return act
+
+
+# port-only spellings that contain one of nanoBragg.c's strstr patterns (the C would read them
+# as that flag): refused in c-parity mode (docs/modes.md row 19), the other spelling named
+C_READS_OTHERWISE = {"-sample_thickness_mm": ("-sample_thick", "-layer_thickness_mm")}
+
+
+def _response(attr):
+    """A detector-response flag: sets response.attr and turns the stage on."""
+    @_sets(f"response.{attr}")
+    def act(st, vals):
+        setattr(st.cfg.response, attr, vals[0])
+        st.cfg.response.enabled = True
+    return act
+
+
 def _remember(attr, *fields):
     """File flags: remember the name (read after all flags; last one wins)."""
     @_sets(*fields)
@@ -638,10 +682,36 @@ FLAGS: List[Flag] = (
         ("-4stol", "FILE", (FILE,), _stol(1e10 / 4), "as -stol with 4 sin(theta)/lambda"),
         ("-Q", "FILE", (FILE,), _stol(1e10 / math.pi / 4), "as -stol with Q = 4 pi sin(theta)/lambda"),
         ("-stolout", "FILE", (FILE,), _nothing, "accepted for compatibility, no effect"),
-        ("-density -sample_den -sample_density", "G/CM3", (NUM,), _nothing,
-         "accepted for compatibility, no effect"),
-        ("-MW -molec", "G/MOL", (NUM,), _nothing, "accepted for compatibility, no effect"),
+        ("-amorphous", "FILE", (FILE,), _amorphous,
+         "add an amorphous layer (water, air, ...) with this F(stol) table (stol in 1/A, F); "
+         "repeatable: each starts a new layer, set by the -layer_thickness_mm, -density and "
+         "-MW after it (nonBragg's physics on this run's detector and sources)"),
+        ("-layer_thickness_mm -sample_thickness_mm", "MM", (NONNEG,), _layer("thickness_mm"),
+         "the current -amorphous layer's thickness along the beam (mm, default 0.1; "
+         "-sample_thickness_mm: spec mode only, nanoBragg.c reads that word as -sample_thick)"),
+        ("-density -sample_den -sample_density", "G/CM3", (NUM,), _layer("density_g_cm3", optional=True, ge=0),
+         "the current -amorphous layer's density (g/cm^3, default 1); before any -amorphous: "
+         "no effect, as nanoBragg.c"),
+        ("-MW -molec", "G/MOL", (NUM,), _layer("molecular_weight", optional=True, gt=0),
+         "the current -amorphous layer's molecular weight (g/mol, default 18); before any "
+         "-amorphous: no effect, as nanoBragg.c"),
         ("-coherent", "", (), _nothing, "accepted for compatibility, no effect"),
+    ])
+    + _g("Detector response (noisify's stages; port-only)", [
+        ("-psf", "gauss|fiber", (_choice("gauss", "fiber"),), _response("psf"),
+         "point-spread function applied to the photon counts of the noise image"),
+        ("-psf_fwhm", "UM", (NONNEG,), _response("psf_fwhm_um"), "PSF full width (um, default 46)"),
+        ("-psf_radius", "PX", (NONNEG_INT,), _response("psf_radius"),
+         "PSF rendering radius (pixels, 0: automatic)"),
+        ("-readout_noise -readout -readnoise", "ADU", (NONNEG,), _response("readout_noise"),
+         "read-out noise of the noise image (rms ADU)"),
+        ("-flicker", "FRAC", (NONNEG,), _response("flicker"), "beam flicker per pixel (rms fraction)"),
+        ("-calibration", "FRAC", (NONNEG,), _response("calibration"),
+         "static per-pixel gain error (rms fraction; noisify's default 0.03 once any response flag "
+         "is given)"),
+        ("-gain", "ADU/PH", (NUM,), _response("gain"), "ADU per photon of the noise image (default 1)"),
+        ("-calib_seed", "N", (INT,), _response("calib_seed"),
+         "calibration-error seed (default: noisify's fixed one)"),
     ])
     + _g("Output", [
         ("-floatfile -floatimage", "FILE", (FILE,), _set(O + "floatfile"),
@@ -832,6 +902,7 @@ class _State:
         self.model = None
         self.implicit_dump = False
         self.mask_file = None
+        self.c_misread = []                 # port-only words the C reads as another flag
         self.flag = ""
         self.index = -1
 
@@ -866,6 +937,7 @@ def config_from_args(argv: Sequence[str], *, implicit_dump: bool = False) -> Sim
 
     _finish_crystal(st)
     _finish_quirks(st)
+    _check_c_spellings(st)
     _check_usage(st)
     _read_inputs(st)
     _validated(st, uses)
@@ -899,7 +971,7 @@ def flag_for_field(field: str, uses=()) -> str:
         base = base.rsplit(".", 1)[0]         # 'crystal.hkl.F' -> 'crystal.hkl'
 
 
-_INPUT_FLAGS = ("-hkl", "-model", "-mat", "-sourcefile", "-stol", "-4stol", "-Q", "-img", "-mask",
+_INPUT_FLAGS = ("-hkl", "-model", "-mat", "-sourcefile", "-stol", "-4stol", "-Q", "-img", "-mask", "-amorphous",
                 "-expt", "-detector_json")
 
 
@@ -937,6 +1009,17 @@ def _finish_quirks(st):
 
 def _dump_available(st) -> bool:
     return (st.implicit_dump or st.dump is not None) and os.path.exists(st.cfg.crystal.dump_file)
+
+
+def _check_c_spellings(st):
+    """c-parity: a port-only word that nanoBragg.c reads as another of its flags is refused
+    (modes.md row 19), naming the spelling to use."""
+    if get_mode(st.cfg.mode).port_spellings_kept:
+        return
+    for flag in st.c_misread:
+        c_flag, instead = C_READS_OTHERWISE[flag]
+        raise FlagError(f"{flag}: nanoBragg.c reads this word as {c_flag} (the crystal's thickness); "
+                        f"in c-parity mode write {instead} for the layer")
 
 
 def _check_usage(st):
@@ -981,6 +1064,8 @@ def _read_inputs(st):
         cfg.background.stol_file = path
         inputs.read_stol(cfg, flag, mode)
         cfg.background.stol_mult = mult
+    for layer in cfg.background.amorphous:
+        inputs.read_layer_table(layer, mode)
 
 
 def _read_structure_factors(st, flag_file, mode):

@@ -192,11 +192,44 @@ class BeamConfig:
 
 
 @dataclass
+class AmorphousLayer:
+    """One amorphous layer in the beam (-amorphous FILE, then its -layer_thickness_mm,
+    -density, -MW): nonBragg's sample, rendered on the run's own detector and sources
+    (background.amorphous_photons) and added to the image. Width and height are nonBragg's
+    (0.1 mm, clipped by -beamsize)."""
+    stol_file: Optional[str] = None
+    stol_table: Optional[np.ndarray] = None   # (n, 2) as read: stol (1/A), F
+    stol_mult: float = 1e10
+    thickness_mm: Value = 0.1          # grad () along the beam (mm)
+    density_g_cm3: Value = 1.0         # grad () g/cm^3
+    molecular_weight: Value = 18.0     # grad () g/mol
+    width_mm: Value = 0.1              # grad () nonBragg's sample width and height (mm)
+    height_mm: Value = 0.1
+
+
+@dataclass
 class BackgroundConfig:
     water_um: Value = 0.0
     stol_file: Optional[str] = None
     stol_table: Optional[np.ndarray] = None   # (n, 2) as read (stol or Q column scaled by stol_mult, F)
     stol_mult: float = 1e10
+    amorphous: list = field(default_factory=list)   # AmorphousLayer per -amorphous, in argv order
+
+
+@dataclass
+class ResponseConfig:
+    """The detector-response stage (noisify's flags on nanobrag-torch): when `enabled`, the
+    noise image is noisify's from the float image (detector_response.py; same flags, same
+    seed, noisify's defaults). psf_fwhm_um and gain (grad) reach Image.expected_adu()."""
+    enabled: bool = False              # any response flag given
+    psf: Optional[str] = None          # "gauss" | "fiber" | None
+    psf_fwhm_um: Value = 46.0          # grad ()
+    psf_radius: int = 0                # pixels, 0: automatic
+    readout_noise: float = 0.0         # ADU rms
+    flicker: float = 0.0               # fraction rms
+    calibration: float = 0.03          # fraction rms (noisify's default)
+    gain: Value = 1.0                  # grad () ADU per photon
+    calib_seed: Optional[int] = None
 
 
 @dataclass
@@ -252,6 +285,7 @@ class SimConfig:
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     beam: BeamConfig = field(default_factory=BeamConfig)
     background: BackgroundConfig = field(default_factory=BackgroundConfig)
+    response: ResponseConfig = field(default_factory=ResponseConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     c_quirks: CQuirks = field(default_factory=CQuirks)
     oversample: Optional[int] = None     # None or <= 0: auto
@@ -274,7 +308,8 @@ class SimConfig:
 
 # ------------------------------------------------------------------ utilities
 _NESTED = {"crystal": CrystalConfig, "detector": DetectorConfig, "beam": BeamConfig,
-           "background": BackgroundConfig, "output": OutputConfig, "c_quirks": CQuirks,
+           "background": BackgroundConfig, "output": OutputConfig,
+           "response": ResponseConfig, "c_quirks": CQuirks,
            "hkl": HKLData, "sources": SourceList}
 _TUPLES = {"roi", "printout_pixel", "trace_pixel"}
 
@@ -299,6 +334,8 @@ def from_dict(data: dict, cls=None) -> Any:
             raise KeyError(f"{cls.__name__} has no field {key!r}")
         if isinstance(value, dict) and key in _NESTED:
             value = from_dict(value, _NESTED[key])
+        elif key == "amorphous" and isinstance(value, list):
+            value = [from_dict(v, AmorphousLayer) if isinstance(v, dict) else v for v in value]
         elif isinstance(value, list) and key in _TUPLES:
             value = tuple(value)
         elif isinstance(value, list):

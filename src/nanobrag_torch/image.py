@@ -69,6 +69,12 @@ class Image:
     def shape(self) -> tuple:
         return tuple(self.pixels.shape)
 
+    def expected_adu(self) -> torch.Tensor:
+        """The noiseless detector response in ADU (writers.expected_adu): PSF, gain, -adc
+        of config.response applied to the pixels; differentiable (docs/gradients.md)."""
+        from .writers import expected_adu
+        return expected_adu(self)
+
     @property
     def solid_angle_sr(self) -> float:
         """The detector's solid angle as the C reports it (omega_sum / steps)."""

@@ -75,6 +75,12 @@ def read_stol(cfg: SimConfig, flag: str = "-stol", mode=None) -> None:
     cfg.background.stol_table = read_file(flag, cfg.background.stol_file, read, strict=strict)
 
 
+def read_layer_table(layer, mode) -> None:
+    """An -amorphous layer's F(stol) table (config.AmorphousLayer), by `mode`'s rules."""
+    from .io.stol import read_stol as read
+    layer.stol_table = read_file("-amorphous", layer.stol_file, read, strict=get_mode(mode).strict_stol_table)
+
+
 def for_mode(cfg: SimConfig, mode) -> SimConfig:
     """cfg, or a copy whose mode-dependent inputs are re-read by `mode`'s rules when cfg's
     were read by the other mode's (structure factors, source file)."""
@@ -92,9 +98,10 @@ def for_mode(cfg: SimConfig, mode) -> SimConfig:
         hkl_from_file = file_kind(cfg.crystal.hkl_file) == "text"
     reread_hkl = hkl_differs and hkl_from_file
     reread_sources = sources_differ and cfg.beam.source_file is not None
-    reread_stol = (read_as.strict_stol_table != mode.strict_stol_table
-                   and cfg.background.stol_file is not None)
-    if not (reread_hkl or reread_sources or reread_stol):
+    tables_differ = read_as.strict_stol_table != mode.strict_stol_table
+    reread_stol = tables_differ and cfg.background.stol_file is not None
+    reread_layers = tables_differ and any(layer.stol_file is not None for layer in cfg.background.amorphous)
+    if not (reread_hkl or reread_sources or reread_stol or reread_layers):
         return cfg
     crystal = dataclasses.replace(cfg.crystal)
     beam = dataclasses.replace(cfg.beam)
@@ -108,4 +115,9 @@ def for_mode(cfg: SimConfig, mode) -> SimConfig:
         read_sources(copy, mode)
     if reread_stol:
         read_stol(copy, mode=mode)
+    if reread_layers:
+        background.amorphous = [dataclasses.replace(layer) for layer in cfg.background.amorphous]
+        for layer in background.amorphous:
+            if layer.stol_file is not None:
+                read_layer_table(layer, mode)
     return copy

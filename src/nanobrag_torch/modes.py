@@ -34,6 +34,8 @@ class Mode:
     strict_stol_table: bool         # a -stol line that is not two numbers, or a falling abscissa, is an error
     physical_water: bool            # -water: molecules r_e^2 fluence F(stol)^2 omega polar, no 1/steps
     subpixel_factors: bool          # -oversample_*: each subpixel's factor multiplies its own terms
+    suite_spec_stages: bool         # -amorphous layers and the detector response: nonbragg/noisify's spec rules
+    port_spellings_kept: bool       # port-only words containing a C pattern keep the port's meaning
 
     @property
     def c_parity(self) -> bool:
@@ -65,6 +67,8 @@ ROWS = {
     15: "strict_stol_table",
     16: "physical_water",
     17: "subpixel_factors",
+    18: "suite_spec_stages",
+    19: "port_spellings_kept",
 }
 
 

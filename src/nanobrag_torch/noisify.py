@@ -256,8 +256,11 @@ def _c_int(x: float) -> int:
     return int(x) if math.isfinite(x) and abs(x) < 2 ** 31 else -2 ** 31
 
 
-def simulate(cfg: NoisifyConfig) -> NoisifyResult:
-    """Everything noisify computes, in the C's order; writes nothing."""
+def simulate(cfg: NoisifyConfig, floats: Optional[np.ndarray] = None) -> NoisifyResult:
+    """Everything noisify computes, in the C's order; writes nothing.
+
+    floats: the float image itself (float32, xpixels x ypixels values, the bytes a float
+    file would hold) instead of reading cfg.floatfile (nanobrag-torch's response stage)."""
     lines: List[str] = list(cfg.notes) + [BANNER]
     say = lines.append
     spec = cfg.spec
@@ -265,7 +268,9 @@ def simulate(cfg: NoisifyConfig) -> NoisifyResult:
     pixel, distance = cfg.pixel, cfg.distance
     detsize_x, detsize_y = cfg.detsize_x, cfg.detsize_y
     Xbeam, Ybeam = cfg.Xbeam, cfg.Ybeam
-    raw_float_size = _file_size(cfg.floatfile)
+    if floats is not None:
+        floats = np.ascontiguousarray(floats, dtype=np.float32).reshape(-1)
+    raw_float_size = _file_size(cfg.floatfile) if floats is None else 4 * floats.size
     pixels = raw_float_size // 4
     header_raw = None
     if cfg.header_file is not None:
@@ -309,7 +314,8 @@ def simulate(cfg: NoisifyConfig) -> NoisifyResult:
         # the C's fread(buf, pixels, 4, f) reads no whole item
         raise FileError(f"{cfg.floatfile}: reading input file: only {raw_float_size} bytes")
     say(f"importing {pixels} pixel intensites: {cfg.floatfile}")
-    floats, _ = read_float_values(cfg.floatfile, pixels)
+    if floats is None:
+        floats, _ = read_float_values(cfg.floatfile, pixels)
     Xbeam = detsize_x / 2.0 if Xbeam is None or Xbeam <= -1e99 else Xbeam
     Ybeam = detsize_y / 2.0 if Ybeam is None or Ybeam <= -1e99 else Ybeam
     calib, flicker, readout = cfg.calibration_noise, cfg.flicker_noise, cfg.readout_noise
@@ -423,6 +429,24 @@ def simulate(cfg: NoisifyConfig) -> NoisifyResult:
     res.photons_total = total
     res.overloads = overloads
     return res
+
+
+def config_for_image(sim_cfg, shape, pixel_m, seed: int) -> NoisifyConfig:
+    """The NoisifyConfig of nanobrag-torch's detector-response stage: sim_cfg.response's
+    values (noisify's flags), -adc, the noise seed, the image's size and pixel; noisify's
+    default -scale and -fluence (r_e^2 fluence = 1.000: the float image is already photons,
+    and a -fluence of the run has been applied to it); the mode by modes.md row 18."""
+    from .modes import get_mode
+    from .vec import value
+    r, S, F = sim_cfg.response, shape[-2], shape[-1]
+    mode = "spec" if get_mode(sim_cfg.mode).suite_spec_stages else "c-parity"
+    return NoisifyConfig(
+        mode=mode, device=str(sim_cfg.device), floatfile="(image)", xpixels=F, ypixels=S, pixel=pixel_m,
+        psf=r.psf, psf_fwhm=f32(value(r.psf_fwhm_um) / 1e6), psf_radius=r.psf_radius,
+        fluence=DEFAULT_FLUENCE, photon_scale=1.0, quantum_gain=value(r.gain),
+        adc_offset=float(sim_cfg.output.adc), calibration_noise=float(r.calibration),
+        flicker_noise=float(r.flicker), readout_noise=float(r.readout_noise), seed=seed,
+        calib_seed=r.calib_seed)
 
 
 def _psf(cfg, image, fw_px, radius, say, dtype, device, tensor=False):

@@ -281,7 +281,7 @@ def _write_image(image, i: int, out, nexus, n: int, label=None, nexus_still=Fals
         from .io.expt import write_expt
         write_expt(num(o.exptfile), experiment_from_config(image.config, image.mode))
     if o.pngfile is not None:
-        writers.write_png(num(o.pngfile), image)
+        writers.write_png(num(o.pngfile), image, noise=noise)
     if o.labels is not None:
         from .labels import write_labels
         write_labels(num(o.labels), image, _threshold(o))
@@ -368,6 +368,8 @@ def _run(cfg: SimConfig, sim: Simulator, out) -> None:
         writers.write_noise(o.noisefile, image, noise=noise)
     # CBF, NeXus and PNG (port-only): after the C's files, from the same image and noise
     what = "photon counts with Poisson noise" if noise is not None else "photon counts (no noise)"
+    if noise is not None and cfg.response.enabled:
+        what = "ADUs of the detector-response stage"
     if o.cbffile is not None:
         print(f"writing {o.cbffile} as miniCBF ({what})", file=out)
         writers.write_cbf(o.cbffile, image, noise=noise)
@@ -380,8 +382,9 @@ def _run(cfg: SimConfig, sim: Simulator, out) -> None:
         print(f"writing {o.exptfile} as a DIALS experiment list", file=out)
         write_expt(o.exptfile, experiment_from_config(image.config, image.mode))
     if o.pngfile is not None:
-        print(f"writing {o.pngfile} as PNG preview ({o.png_scale} scale)", file=out)
-        writers.write_png(o.pngfile, image)
+        seen = "detector ADUs" if (noise is not None and cfg.response.enabled) else "photons"
+        print(f"writing {o.pngfile} as PNG preview ({o.png_scale} scale, {seen})", file=out)
+        writers.write_png(o.pngfile, image, noise=noise)
     if o.labels is not None:
         from .labels import write_labels
         print(f"writing {o.labels} as labels (spots, mask above {_threshold(o):g} photons)", file=out)

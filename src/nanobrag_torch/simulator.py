@@ -21,7 +21,7 @@ from . import beam as beam_mod
 from . import crystal as crystal_mod
 from . import execution, resources
 from .amorphous import stol_table
-from .background import water_intensity
+from .background import amorphous_photons, water_intensity
 from .background import water_molecules as water_molecules_of
 from .config import SimConfig, fingerprint, orientation_batch
 from .detector import DetectorGeometry, detector_panels, rendered_pixels
@@ -270,7 +270,11 @@ class Simulator:
         image = torch.zeros(geom.spixels * geom.fpixels, dtype=self.dtype, device=self.device)
         if rendered.values.numel():
             flat_idx = setup.pixels_s * geom.fpixels + setup.pixels_f
-            image = image.index_put((flat_idx,), rendered.values)
+            values = rendered.values
+            layers = self._amorphous(cfg, setup)
+            if layers is not None:        # -amorphous: nonBragg's layers on this detector, added
+                values = values + layers.reshape(-1)[flat_idx].to(self.dtype)
+            image = image.index_put((flat_idx,), values)
         shape = (geom.spixels, geom.fpixels) if geom.panels is None else \
             (geom.panels.count, geom.panels.spixels, geom.fpixels)
         return Image(image.reshape(shape), setup, cfg, self.mode.name,
@@ -287,10 +291,31 @@ class Simulator:
         if ranks.numel():
             scan = self._scan(cfg, renderer) if renderer.needs_scan() else renderer.scan()
             rendered = renderer.ranks(ranks, scan)
-            values = values.index_put((torch.nonzero(inside)[:, 0],), rendered.values)
+            got = rendered.values
+            layers = self._amorphous(cfg, setup)
+            if layers is not None:
+                got = got + layers.reshape(-1)[uniq[inside]].to(self.dtype)
+            values = values.index_put((torch.nonzero(inside)[:, 0],), got)
             omega_sum, state_warning = rendered.omega_sum, scan.warning
         return Image(values[inverse], setup, cfg, self.mode.name, omega_sum,
                      (state_warning,) if state_warning else (), pixel_indices=flat)
+
+    def _amorphous(self, cfg: SimConfig, setup: Setup):
+        """The -amorphous layers' photons (S, F) on this run's detector (None without layers);
+        cached while what they depend on (detector, beam, background, mode; the static
+        oversampling) is unchanged and no gradient is wanted: a sweep or a batch of
+        orientations renders them once."""
+        if not cfg.background.amorphous:
+            return None
+        cacheable = not torch.is_grad_enabled()
+        key = fingerprint((cfg.detector, cfg.beam, cfg.background, cfg.mode)) if cacheable else None
+        cached = getattr(self, "_amorphous_cache", None)
+        if cacheable and cached is not None and cached[0] == key:
+            return cached[1]
+        photons = amorphous_photons(cfg, setup, self.mode)
+        if cacheable:
+            self._amorphous_cache = (key, photons)
+        return photons
 
     def _scan(self, cfg, renderer) -> execution.StateScan:
         """The full image's run-state changes (cached while the config is unchanged)."""

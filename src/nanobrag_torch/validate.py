@@ -351,6 +351,17 @@ FIELDS = {
     "background.water_um": _num(ge=0, unit="um"),
     "background.stol_table": optional(stol_table),
     "background.stol_mult": _num(gt=0),
+    "background.amorphous": lambda f, x: _amorphous(f, x),
+    # detector response (noisify's stages)
+    "response.enabled": boolean,
+    "response.psf": optional(lambda f, x: choice(f, x, ("gauss", "fiber"))),
+    "response.psf_fwhm_um": _num(ge=0, unit="um"),
+    "response.psf_radius": _int(ge=0),
+    "response.readout_noise": _num(ge=0, unit="ADU"),
+    "response.flicker": _num(ge=0),
+    "response.calibration": _num(ge=0),
+    "response.gain": _num(unit="ADU/photon"),
+    "response.calib_seed": optional(_seed),
     # output
     "output.scale": _num(),
     "output.pgmscale": _num(),
@@ -382,6 +393,25 @@ def _nonneg_vector(field, x):
     arr = vector(field, x, 3)
     if np.any(arr < 0):
         raise ConfigValueError(field, f"must be >= 0, got {arr.tolist()}")
+
+
+def _amorphous(field, layers):
+    """background.amorphous: a list of config.AmorphousLayer, each with a table."""
+    from .config import AmorphousLayer
+    if not isinstance(layers, (list, tuple)):
+        raise ConfigTypeError(field, f"expected a list of AmorphousLayer, got {type(layers).__name__}")
+    for i, layer in enumerate(layers):
+        name = f"{field}[{i}]"
+        if not isinstance(layer, AmorphousLayer):
+            raise ConfigTypeError(name, f"expected an AmorphousLayer, got {type(layer).__name__}")
+        if layer.stol_table is None:
+            raise ConfigValueError(f"{name}.stol_table", "no F(stol) table (give -amorphous FILE)")
+        stol_table(f"{name}.stol_table", layer.stol_table)
+        _num(gt=0)(f"{name}.stol_mult", layer.stol_mult)
+        for attr, check in (("thickness_mm", _num(ge=0, unit="mm")), ("density_g_cm3", _num(ge=0, unit="g/cm^3")),
+                            ("molecular_weight", _num(gt=0, unit="g/mol")), ("width_mm", _num(ge=0, unit="mm")),
+                            ("height_mm", _num(ge=0, unit="mm"))):
+            check(f"{name}.{attr}", getattr(layer, attr))
 
 
 def _beamsize(field, x):
@@ -476,6 +506,12 @@ def _panels(cfg) -> None:
                                                               f"panels, got {arr.shape}")
     if det.curved:
         raise ConfigConflictError("detector.curved", "a detector of several panels cannot be curved")
+    if cfg.background.amorphous:
+        raise ConfigConflictError("background.amorphous", "amorphous layers are rendered on one "
+                                                          "panel; a detector of several panels has none")
+    if cfg.response.enabled:
+        raise ConfigConflictError("response.enabled", "the detector-response stage works on one "
+                                                      "panel's image; a detector of several panels has none")
     for name in ("trace_pixel", "printout_pixel"):
         if getattr(cfg.output, name) is not None or (name == "printout_pixel" and cfg.output.printout):
             raise ConfigConflictError(f"output.{name}", "the per-pixel printouts are for one panel; "

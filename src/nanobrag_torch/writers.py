@@ -146,12 +146,41 @@ def noise_counts(image: Image, *, seed: int | None = None, adc: float | None = N
             counts[i, :part.counts.shape[0], :part.counts.shape[1]] = part.counts
         return Noise(counts, sum(p.photons for p in parts), sum(p.overloads for p in parts))
     img32 = image.float32
+    if image.config.response.enabled:          # the detector-response stage: noisify's noise image
+        return response_noise(image, seed)
     if get_mode(image.mode).torch_noise:
         counts, photons, overloads = noise_mod.spec_noise_image(torch.from_numpy(img32), seed,
                                                                 image.setup.roi, adc)
     else:
         counts, photons, overloads = noise_mod.c_noise_image(img32, seed, image.setup.roi, adc)
     return Noise(np.asarray(counts, dtype=np.uint16), photons, overloads)
+
+
+def response_noise(image: Image, seed: int) -> Noise:
+    """The noise image of the detector-response stage (config.ResponseConfig): what
+    noisify-torch writes from this image's float file with the same flags and seed (flicker,
+    calibration, Poisson, PSF, gain, -adc, read-out noise, 16-bit quantisation)."""
+    from . import noisify
+    cfg = noisify.config_for_image(image.config, image.float32.shape, image.setup.geom.pixel_size_m, seed)
+    res = noisify.simulate(cfg, floats=image.float32)
+    return Noise(np.asarray(res.noise_image, dtype=np.uint16), res.photons_total, res.overloads)
+
+
+def expected_adu(image: Image) -> "torch.Tensor":
+    """The noiseless detector response of an image (detector_response.expected_adu): PSF (if
+    config.response.psf), then gain and -adc offset, in ADU, on image.pixels (photons).
+    Differentiable in the pixels (hence every upstream parameter), response.psf_fwhm_um and
+    response.gain; the stochastic stages (flicker, calibration, shot and read-out noise) are
+    left out."""
+    from . import detector_response as dr
+    r = image.config.response
+    pixels = image.pixels
+    fwhm_px = None
+    if r.psf is not None:
+        fwhm_px = torch.as_tensor(r.psf_fwhm_um, dtype=torch.float64, device=pixels.device) * 1e-6 \
+            / image.setup.geom.pixel_size_m
+    psf = r.psf if (r.psf is not None and float(fwhm_px.detach()) > 0) else None
+    return dr.expected_adu(pixels.to(torch.float64), r.gain, image.config.output.adc, psf, fwhm_px, r.psf_radius)
 
 
 def write_noise(path, image: Image, *, seed: int | None = None, adc: float | None = None,
@@ -209,10 +238,16 @@ def write_nexus(path, image: Image, *, noise: Noise | None = None) -> None:
     write(path, detector_counts(image, noise), experiment(image))
 
 
-def write_png(path, image: Image, *, scale: str | None = None) -> None:
-    """An 8-bit inverted grey-scale preview (Pillow); -pngfile, -png_scale linear|log."""
+def write_png(path, image: Image, *, scale: str | None = None, noise: Noise | None = None) -> None:
+    """An 8-bit inverted grey-scale preview (Pillow); -pngfile, -png_scale linear|log.
+    With the detector-response stage on and its noise image given: a preview of what the
+    detector records (the noise image's ADUs less -adc), else of the float image."""
     from .io.png import write_png as write
     scale = scale or image.config.output.png_scale
+    if noise is not None and image.config.response.enabled and not _per_panel(image):
+        data = noise.counts.astype(np.float32) - np.float32(image.config.output.adc)
+        write(path, data, scale=scale, mask=experiment(image).mask)
+        return
     if _per_panel(image):
         view, seen = assembled_view(image)          # one picture of the whole detector
         write(path, view, scale=scale, mask=seen)

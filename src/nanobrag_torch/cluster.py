@@ -25,10 +25,12 @@ import io as _io
 import math
 import os
 import pickle
+import threading
 
 from .errors import ConfigError
 
-_SIMS: dict = {}          # on a worker: (token, device) -> Simulator, reused between tasks
+_SIMS: dict = {}          # on a worker: (run token, device, thread) -> Simulator, reused between tasks
+_LOCK = threading.Lock()
 
 
 def scheduler_address(o):
@@ -80,11 +82,15 @@ def render_block(cfg, seed: int, block: list, n: int, token: str, cwd: str, per_
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, per_host.get(host, 1))))
     if str(cfg.device).startswith("cuda") and ":" not in str(cfg.device) and torch.cuda.is_available():
         device = f"cuda:{(_worker_index(worker) if worker is not None else 0) % torch.cuda.device_count()}"
-    key = (token, device)
-    sim = _SIMS.get(key)
+    key = (token, device, threading.get_ident())     # one Simulator per worker thread
+    with _LOCK:
+        for old in [k for k in _SIMS if k[0] != token]:      # an earlier run's
+            del _SIMS[old]
+        sim = _SIMS.get(key)
     if sim is None:
-        _SIMS.clear()
-        sim = _SIMS[key] = Simulator(cfg, device=device) if device else Simulator(cfg)
+        sim = Simulator(cfg, device=device) if device else Simulator(cfg)
+        with _LOCK:
+            _SIMS[key] = sim
     o = cfg.output
     panels = 1 if sim.static.panel_geoms is None else len(sim.static.panel_geoms)
     out = _io.StringIO()

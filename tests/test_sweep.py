@@ -142,3 +142,25 @@ def test_cli_sweep_nexus_stack_read_by_nxmx(tmp_path, monkeypatch, capsys):
         floats = np.fromfile(tmp_path / f"sweep_{i + 1:05d}.bin", dtype="<f4").reshape(16, 16)
         np.testing.assert_array_equal(data[i], np.clip(np.rint(floats.astype(np.float64)), 0, 65535))
         assert (tmp_path / f"c_{i + 1:05d}.cbf").is_file()
+
+
+def test_the_compile_decision_counts_every_image_of_a_run(monkeypatch, tmp_path):
+    """A sweep or batch of small images is one large run: the kernel is compiled once for
+    all of them when they need >= COMPILE_MIN_EVALS evaluations in all, and -shot K of
+    a batch decides as its batch does (the same kernel, so the same bits)."""
+    from nanobrag_torch import execution, runner
+    from nanobrag_torch.simulator import Simulator
+    monkeypatch.setenv("NANOBRAGG_COMPILE", "1")
+    base = ["-cell", "70", "80", "90", "90", "90", "90", "-default_F", "100", "-N", "5", "-detpixels", "16"]
+    cfg = nb.config_from_args(base)
+    n = -(-execution.COMPILE_MIN_EVALS // Simulator(cfg).evaluations)     # just enough images
+    assert not Simulator(cfg).compile and not Simulator(cfg, images=n - 1).compile
+    assert Simulator(cfg, images=n).compile
+    made = []
+    monkeypatch.setattr(runner, "Simulator", lambda c, **kw: made.append(kw) or Simulator(c, **kw))
+    monkeypatch.chdir(tmp_path)
+    for extra, images in ((["-shots", "3", "-seed", "1", "-shot", "2"], 3), (["-nimages", "4", "-osc", "0.1"], 4),
+                          ([], 1)):
+        made.clear()
+        assert main(base + ["-floatfile", "x.bin", "-nopgm", "-nonoise"] + extra) == 0
+        assert [kw.get("images") for kw in made] == [images]

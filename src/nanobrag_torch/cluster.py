@@ -88,7 +88,8 @@ def render_block(cfg, seed: int, block: list, n: int, token: str, cwd: str, per_
             del _SIMS[old]
         sim = _SIMS.get(key)
     if sim is None:
-        sim = Simulator(cfg, device=device) if device else Simulator(cfg)
+        sim = Simulator(cfg, device=device, images=cfg.output.shots or 1) if device else \
+            Simulator(cfg, images=cfg.output.shots or 1)
         with _LOCK:
             _SIMS[key] = sim
     o = cfg.output

@@ -86,7 +86,8 @@ def run(cfg: SimConfig, out=None) -> int:
         print(note, file=out)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SuspiciousValueWarning)
-        sim = Simulator(cfg)
+        o = cfg.output
+        sim = Simulator(cfg, images=o.nimages or o.shots or 1)   # -shot K: the batch's kernel
     panel_geoms = sim.static.panel_geoms
     outputs = output_set(cfg, 1 if panel_geoms is None else len(panel_geoms))
     outputs.check()

@@ -151,7 +151,7 @@ def shots(config: SimConfig, nshots: int, seed: int | None = None, *, only=None,
     for k in ks:
         if not 1 <= k <= nshots:
             raise ConfigError(f"-shot: {k} is not a shot of the batch (1..{nshots})")
-    sim = Simulator(config, mode=mode, dtype=dtype, device=device, compile=compile)
+    sim = Simulator(config, mode=mode, dtype=dtype, device=device, compile=compile, images=nshots)
     yield from run_shots(sim, seed, ks, progress)
 
 

@@ -152,7 +152,9 @@ class Simulator:
 
     mode ("spec" | "c-parity"), dtype (torch.float64 | torch.float32 or their names)
     and device ("cpu" | "cuda" | "auto"): None takes the config's (cfg.mode, cfg.dtype,
-    cfg.device); compile: use the compiled kernels (None: for runs of >= 1e8 evaluations).
+    cfg.device); compile: use the compiled kernels (None: when the images this Simulator
+    is made for, `images` of them, need >= 1e8 evaluations in all: a sweep or batch of
+    small images pays one compile for all of them).
 
     Construction validates the config and fixes the static plan: step counts,
     oversampling, mosaic domains, rendered pixels (ROI, mask), interpolation on/off.
@@ -162,7 +164,7 @@ class Simulator:
     """
 
     def __init__(self, config: SimConfig, *, mode=None, dtype=None, device=None,
-                 compile: bool | None = None):
+                 compile: bool | None = None, images: int = 1):
         self.warnings = validate(config)
         for w in self.warnings:
             warnings.warn(w, SuspiciousValueWarning, stacklevel=2)
@@ -185,9 +187,11 @@ class Simulator:
         self._static_fingerprint = fingerprint(self.config) if configs is None else None
         self._scan_cache = None
         self.notes = self.static.notes
-        # the fused kernel (torch.compile) pays for its compilation on large runs only
+        # the fused kernel pays for its compilation on large runs only (a run of many images
+        # of one static plan is one large run: the kernel is built once for all of them)
         self.compile = compile if compile is not None else (
-            execution.compile_enabled() and self.evaluations >= execution.COMPILE_MIN_EVALS)
+            execution.compile_enabled()
+            and self.evaluations * max(1, int(images)) >= execution.COMPILE_MIN_EVALS)
 
     @property
     def evaluations(self) -> int:

@@ -106,7 +106,7 @@ def sweep(config: SimConfig, nimages: int | None = None, *, mode=None, dtype=Non
     nimages = config.output.nimages if nimages is None else nimages
     check(nimages)
     width_deg(config)
-    sim = Simulator(config, mode=mode, dtype=dtype, device=device, compile=compile)
+    sim = Simulator(config, mode=mode, dtype=dtype, device=device, compile=compile, images=nimages)
     yield from sim.sweep(nimages, progress=progress)
 
 

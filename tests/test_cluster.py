@@ -97,6 +97,7 @@ def test_scheduler_from_environment(tmp_path, monkeypatch, capsys, inproc):
     (["-scheduler", "nonsense"], "-scheduler: expected a scheduler address", 2),
     (["-scheduler", "tcp://127.0.0.1:9"], "-scheduler: cannot reach the Dask scheduler", 1),
     (["-workers", "0"], "-workers", 2),
+    (["-workers", "many"], "-workers", 2),
     (["-workers", "2", "-scheduler", "tcp://127.0.0.1:9"], "-workers", 2),
     (["-workers", "2", "-nexusfile", "b/x.h5"], "-workers", 2),
 ])
@@ -200,3 +201,24 @@ def test_worker_killed_mid_run(tmp_path, monkeypatch, capsys, allowed_failures):
         finally:
             cluster.close()
     assert _files(tmp_path / "b", "b") == _files(tmp_path / "ref", "ref")
+
+
+def test_workers_auto_sized_to_the_machine():
+    from nanobrag_torch.cluster import CORES_PER_WORKER, auto_workers
+    assert auto_workers("cpu", cores=2) == 1 and auto_workers("cpu", cores=1) == 1
+    assert auto_workers("cpu", cores=64) == 64 // CORES_PER_WORKER
+    assert auto_workers("cuda", gpus=4) == 4 and auto_workers("cuda:0", gpus=0) == 1
+
+
+def test_workers_auto_runs_the_batch(tmp_path, monkeypatch, capsys):
+    import os
+    from nanobrag_torch.cluster import auto_workers
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "a").mkdir()
+    assert main(_batch("ref")) == 0
+    capsys.readouterr()
+    assert main(_batch("a") + ["-workers", "auto"]) == 0
+    n = auto_workers("cpu", cores=os.cpu_count())
+    assert f"Dask LocalCluster of {n} worker processes" in capsys.readouterr().out
+    assert _files(tmp_path / "a", "a") == _files(tmp_path / "ref", "ref")

@@ -105,6 +105,11 @@ def FILE(flag: str, text: str) -> str:
     return text
 
 
+def WORKERS(flag: str, text: str):
+    """-workers: a positive integer, or auto (cluster.auto_workers: sized to the machine)."""
+    return "auto" if text == "auto" else POS_INT(flag, text)
+
+
 def SCHEDULER(flag: str, text: str) -> str:
     """-scheduler: a Dask scheduler address, PROTOCOL://HOST:PORT (or inproc://...)."""
     if not re.fullmatch(r"(tcp|tls|ucx|ws|wss)://[^/:\s]+:\d+/?|inproc://\S+", text):
@@ -789,8 +794,9 @@ FLAGS: List[Flag] = (
          "pixel, summed photons) and its mask of pixels above -label_threshold (numbered as the images)"),
         ("-label_threshold", "PHOTONS", (NONNEG,), _set(O + "label_threshold"),
          "with -labels: the mask holds the pixels whose float photons exceed this (default 1)"),
-        ("-workers", "N", (POS_INT,), _set(O + "workers"),
-         "with -shots: render the batch on N local Dask worker processes (pip extra [cluster])"),
+        ("-workers", "N|auto", (WORKERS,), _set(O + "workers"),
+         "with -shots: render the batch on N local Dask worker processes (pip extra [cluster]); "
+         "auto: one per GPU with -device cuda, else one per 8 CPU cores (at least 1)"),
         ("-scheduler", "ADDR", (SCHEDULER,), _set(O + "scheduler"),
          "with -shots: render the batch on the Dask scheduler at ADDR, e.g. tcp://host:8786 "
          "(default $DASK_SCHEDULER_ADDRESS when -workers is not given)"),

@@ -260,7 +260,7 @@ class OutputConfig:
     jitter: tuple = ()                 # -jitter_* of a batch: ((name, amount), ...) (shots.JITTER)
     labels: Optional[str] = None       # -labels FILE.h5: spot list and Bragg mask per image (labels.py)
     label_threshold: Optional[float] = None   # -label_threshold PHOTONS: the mask's pixels are above it (None: 1)
-    workers: Optional[int] = None      # -workers N: render the batch on a Dask LocalCluster (cluster.py)
+    workers: Optional[int | str] = None   # -workers N|auto: the batch on a Dask LocalCluster (cluster.py)
     scheduler: Optional[str] = None    # -scheduler ADDR: on an existing Dask scheduler (cluster.py)
 
 

@@ -38,15 +38,20 @@ def inproc():
     cluster.close()
 
 
-def test_workers_processes_byte_identical_to_in_process(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("workers", ["2", "auto"])
+def test_workers_processes_byte_identical_to_in_process(tmp_path, monkeypatch, capsys, workers):
+    import os
+
+    from nanobrag_torch.cluster import auto_workers
     monkeypatch.chdir(tmp_path)
     (tmp_path / "ref").mkdir()
     (tmp_path / "w").mkdir()
     assert main(_batch("ref")) == 0
     capsys.readouterr()
-    assert main(_batch("w") + ["-workers", "2"]) == 0
+    assert main(_batch("w") + ["-workers", workers]) == 0
     out = capsys.readouterr().out
-    assert "Dask LocalCluster of 2 worker processes" in out and "Dask dashboard:" in out
+    n = 2 if workers == "2" else auto_workers("cpu", cores=os.cpu_count())
+    assert f"Dask LocalCluster of {n} worker processes" in out and "Dask dashboard:" in out
     assert out.count("100% done") == 1 and _rendered(out) == [1, 2, 3, 4, 5]
     assert _files(tmp_path / "w", "w") == _files(tmp_path / "ref", "ref")
 
@@ -208,17 +213,3 @@ def test_workers_auto_sized_to_the_machine():
     assert auto_workers("cpu", cores=2) == 1 and auto_workers("cpu", cores=1) == 1
     assert auto_workers("cpu", cores=64) == 64 // CORES_PER_WORKER
     assert auto_workers("cuda", gpus=4) == 4 and auto_workers("cuda:0", gpus=0) == 1
-
-
-def test_workers_auto_runs_the_batch(tmp_path, monkeypatch, capsys):
-    import os
-    from nanobrag_torch.cluster import auto_workers
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "ref").mkdir()
-    (tmp_path / "a").mkdir()
-    assert main(_batch("ref")) == 0
-    capsys.readouterr()
-    assert main(_batch("a") + ["-workers", "auto"]) == 0
-    n = auto_workers("cpu", cores=os.cpu_count())
-    assert f"Dask LocalCluster of {n} worker processes" in capsys.readouterr().out
-    assert _files(tmp_path / "a", "a") == _files(tmp_path / "ref", "ref")

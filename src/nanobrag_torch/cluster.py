@@ -108,8 +108,7 @@ def render_block(cfg, seed: int, block: list, n: int, token: str, cwd: str, per_
             del _SIMS[old]
         sim = _SIMS.get(key)
     if sim is None:
-        sim = Simulator(cfg, device=device, images=cfg.output.shots or 1) if device else \
-            Simulator(cfg, images=cfg.output.shots or 1)
+        sim = Simulator(cfg, device=device, images=cfg.output.shots or 1)    # None: the config's
         with _LOCK:
             _SIMS[key] = sim
     o = cfg.output

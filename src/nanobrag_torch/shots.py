@@ -168,6 +168,7 @@ def a_matrix(image) -> np.ndarray:
                      for v in (lat.a, lat.b, lat.c)], axis=1)       # columns a, b, c (Angstrom)
     return np.linalg.inv(real).T * lam
 
+
 def sha256_of(path) -> str:
     from .io.outputs import active_stage
     stage = active_stage()

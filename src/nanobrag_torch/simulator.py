@@ -186,6 +186,7 @@ class Simulator:
                                       self.dtype, self.device)
         self._static_fingerprint = fingerprint(self.config) if configs is None else None
         self._scan_cache = None
+        self._amorphous_cache = None       # (key, layer photons) of the last run
         self.notes = self.static.notes
         # the fused kernel pays for its compilation on large runs only (a run of many images
         # of one static plan is one large run: the kernel is built once for all of them)
@@ -313,9 +314,8 @@ class Simulator:
             return None
         cacheable = not torch.is_grad_enabled()
         key = fingerprint((cfg.detector, cfg.beam, cfg.background, cfg.mode)) if cacheable else None
-        cached = getattr(self, "_amorphous_cache", None)
-        if cacheable and cached is not None and cached[0] == key:
-            return cached[1]
+        if cacheable and self._amorphous_cache is not None and self._amorphous_cache[0] == key:
+            return self._amorphous_cache[1]
         photons = amorphous_photons(cfg, setup, self.mode)
         if cacheable:
             self._amorphous_cache = (key, photons)

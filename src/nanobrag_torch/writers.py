@@ -28,6 +28,7 @@ from .image import Image, panel_path
 from .io.smv import fit_header_bytes, smv_header_lines
 from .modes import get_mode
 from .units import RTD
+from .vec import value
 
 
 def _per_panel(image: Image) -> list:
@@ -145,9 +146,9 @@ def noise_counts(image: Image, *, seed: int | None = None, adc: float | None = N
         for i, part in enumerate(parts):
             counts[i, :part.counts.shape[0], :part.counts.shape[1]] = part.counts
         return Noise(counts, sum(p.photons for p in parts), sum(p.overloads for p in parts))
-    img32 = image.float32
     if image.config.response.enabled:          # the detector-response stage: noisify's noise image
         return response_noise(image, seed)
+    img32 = image.float32
     if get_mode(image.mode).torch_noise:
         counts, photons, overloads = noise_mod.spec_noise_image(torch.from_numpy(img32), seed,
                                                                 image.setup.roi, adc)
@@ -179,7 +180,7 @@ def expected_adu(image: Image) -> "torch.Tensor":
     if r.psf is not None:
         fwhm_px = torch.as_tensor(r.psf_fwhm_um, dtype=torch.float64, device=pixels.device) * 1e-6 \
             / image.setup.geom.pixel_size_m
-    psf = r.psf if (r.psf is not None and float(fwhm_px.detach()) > 0) else None
+    psf = r.psf if (r.psf is not None and value(r.psf_fwhm_um) > 0) else None     # a static decision
     return dr.expected_adu(pixels.to(torch.float64), r.gain, image.config.output.adc, psf, fwhm_px, r.psf_radius)
 
 

@@ -156,15 +156,15 @@ def _client(o, out, device="cpu"):
     return client, None
 
 
-def _remove_stale_temporaries(o, ks) -> None:
+def _remove_stale_temporaries(files_of, ks) -> None:
     """The hidden temporaries (io.outputs.temp_name: .NAME.XXXXXXXX.tmp) a worker killed
-    while writing shots ks left beside their files; every task has ended by now."""
+    while writing shots ks left beside their files (files_of(k), every panel's); every task
+    has ended by now."""
     import glob
     import re
 
-    from .runner import _shot_files
     for k in ks:
-        for path in _shot_files(o, k):
+        for path in files_of(k):
             folder, base = os.path.split(path)
             for tmp in glob.glob(os.path.join(glob.escape(folder or "."), f".{glob.escape(base)}.*.tmp")):
                 if re.fullmatch(r"\.%s\.[0-9a-f]{8}\.tmp" % re.escape(base), os.path.basename(tmp)):
@@ -179,9 +179,10 @@ def block_size(ntodo: int, nworkers: int, most: int) -> int:
     return max(1, min(most, math.ceil(ntodo / max(1, 2 * nworkers))))
 
 
-def render(cfg, seed: int, n: int, todo: list, rows: dict, columns, progress, out) -> None:
+def render(cfg, seed: int, n: int, todo: list, rows: dict, columns, progress, out, files_of) -> None:
     """Render shots `todo` of the batch on Dask; rows ({k: manifest row}) gets each
-    finished block's rows, and the manifest is rewritten (atomically) after each block.
+    finished block's rows, and the manifest is rewritten (atomically) after each block;
+    files_of(k): shot k's files.
     A failed task: the other blocks still finish, then ConfigError (one line)."""
     import uuid
 
@@ -232,7 +233,7 @@ def render(cfg, seed: int, n: int, todo: list, rows: dict, columns, progress, ou
         client.close()
         if cluster is not None:
             cluster.close()
-        _remove_stale_temporaries(o, todo)
+        _remove_stale_temporaries(files_of, todo)
     if failed:
         blk, exc = failed[0]
         what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -186,7 +186,7 @@ def _run_shots(cfg: SimConfig, sim: Simulator, out) -> None:
     on_dask = restart and cluster.distributed(o)
     try:
         if on_dask and todo:
-            cluster.render(cfg, seed, n, todo, rows, columns, progress, out)
+            cluster.render(cfg, seed, n, todo, rows, columns, progress, out, files_of)
         elif not on_dask:
             _render_blocks(sim, seed, o, n, ks, todo, blocks, rows, restart, files_of, progress, out, columns)
     except BaseException as exc:       # Ctrl-C, SIGTERM: the finished blocks stay in place

@@ -23,6 +23,7 @@ nanobrag_torch installed), e.g.
 
     NB_C_BIN=/path/to/nanoBragg .venv/bin/python benchmarks/run.py
     .venv/bin/python benchmarks/run.py --quick --cases b_mosaic_phi     # smoke test
+    NB_C_BIN=/path/to/nanoBragg .venv/bin/python benchmarks/run.py cold   # first runs (cold.py)
 
 --quick renders only a centred ROI covering 1/16 of each detector (-roi), scales
 the evaluation counts to it and checks parity on the ROI pixels only.
@@ -622,7 +623,11 @@ def pin_cores(threads: int) -> None:
 
 
 def main(argv=None) -> int:
-    opts = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["cold"]:        # the first-run table: benchmarks/cold.py
+        import cold
+        return cold.main(argv[1:])
+    opts = parse_args(argv)
     if opts.api_worker:
         api_worker(opts.api_worker)
         return 0

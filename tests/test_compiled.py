@@ -20,8 +20,10 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+# each (case, dtype) is a feature set of its own: a build of about a minute where the cache
+# lacks it (groups_inner and rotations_inner are -warmup's, dmin_polar's cut is not)
+@pytest.mark.parametrize("name,dtype", [(n, d) for n in sorted(CASES) for d in (torch.float64, torch.float32)
+                                        if (n, d) != ("dmin_polar", torch.float32)])
 def test_compiled_equals_eager(name, dtype, run_dir):
     cfg = config_from_args(CASES[name])
     with torch.no_grad():

@@ -16,9 +16,9 @@ TRI = ("-cell 70 80 90 75 85 95 -misset 10 20 30 -default_F 100 -N 5 -lambda 1.0
 PHI0 = TRI + "-phi 0 -osc 2 -phisteps 4".split()
 
 
-def render(args, mode, dtype=torch.float64):
+def render(args, mode, dtype=torch.float64, compile=None):
     with torch.no_grad():
-        return Simulator(config_from_args(args), mode=mode, dtype=dtype).run().pixels.numpy()
+        return Simulator(config_from_args(args), mode=mode, dtype=dtype, compile=compile).run().pixels.numpy()
 
 
 def reference(corpus, case):
@@ -47,8 +47,10 @@ def test_c_parity_leaves_spec_mode_unchanged(run_dir):
 
 
 def test_modes_agree_where_the_c_has_no_quirk(run_dir):
+    # both eager: a cached compiled kernel (spec's everyday feature sets) rounds differently
     args = TRI + ["-detpixels", "64"]
-    np.testing.assert_allclose(render(args, "c-parity"), render(args, "spec"), rtol=1e-12, atol=0)
+    np.testing.assert_allclose(render(args, "c-parity", compile=False), render(args, "spec", compile=False),
+                               rtol=1e-12, atol=0)
 
 
 def test_first_evaluation_uses_the_unrotated_cell_in_c_parity(run_dir):

@@ -100,9 +100,10 @@ def test_pixels_gradients_equal_full_image_gradients(run_dir):
 
 
 def test_pixels_compiled_path(run_dir):
-    """With compile=True the pixels go through the same compiled kernel as the full image."""
-    args = ORTHO_SMALL_HKL + "-dmin 14 -phi 0 -osc 0.5 -phisteps 2".split()
-    sim = simulator(args, "c-parity", compile=True)
+    """With compile=True the pixels go through the same compiled kernel as the full image
+    (a feature set -warmup builds: F grid, rotated cells the longest axis)."""
+    args = ORTHO_SMALL_HKL + "-phi 0 -osc 0.5 -phisteps 2 -mosaic 0.5 -mosaic_domains 4".split()
+    sim = simulator(args, "spec", compile=True)
     with torch.no_grad():
         full = sim.run().pixels.reshape(-1)
         idx = random_pixels(full.numel(), 300, 4)

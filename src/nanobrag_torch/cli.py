@@ -757,6 +757,8 @@ FLAGS: List[Flag] = (
          "floating-point precision (default float64)"),
         ("-device", "cpu|cuda|auto", (_choice("cpu", "cuda", "auto", pattern=r"cuda:\d+"),),
          _set(S + "device"), "where to compute (default cpu)"),
+        ("-warmup", "", (), _nothing,
+         "build the compiled kernels of everyday runs now (once per machine), then exit"),
         ("-trace_pixel", "S F", (NONNEG_INT,) * 2, _trace_pixel,
          "print TRACE lines for this pixel (slow, fast)"),
         ("-max_hours", "H", (POS,), _set(S + "max_hours"),
@@ -1299,6 +1301,12 @@ def _main(argv: list, debug: bool) -> int:
         return 0
     if any(a in entry.VERSION_FLAGS for a in argv):
         return entry.print_version(PROG)
+    if "-warmup" in argv:
+        if len(argv) > 1:
+            _error("error: -warmup: takes no other flags (it builds kernels and exits)")
+            return 2
+        from .warmup import run as warmup
+        return warmup()
     try:
         cfg = config_from_args(argv, implicit_dump=True)
     except UsageError as err:

@@ -80,20 +80,140 @@ def _rebuild(obj, values: dict, path=()):
     return obj
 
 
+# Plan values the kernel reads as plain numbers: a compiled kernel takes them as runtime
+# inputs (0-d tensors), so changing them never needs another build
+_NUMBERS = (("geom", "pixel_size_m"), ("thickstep",), ("mu",), ("fudge",), ("steps",), ("dmin",),
+            ("fgrid", "mins"), ("fgrid", "maxs"), ("geom", "panels", "spixels"),
+            ("geom", "panels", "fpixels"))
+# plan values the kernel never reads (the whole detector's size, names, the table's unit)
+_UNREAD = (("geom", "convention"), ("geom", "pivot"), ("geom", "fpixels"), ("geom", "spixels"),
+           ("geom", "detsize_f_m"), ("geom", "detsize_s_m"), ("fgrid", "hkls"),
+           ("water_table", "mult"), ("oversample",))
+# sizes that are runtime inputs: {leaf path: {axis: size name}}; every other axis (the 3 of a
+# vector, a matrix's 3 x 3) is fixed. Pixels are "n", subpixels per axis "O".
+_SIZES = {("odet_offsets",): {-1: "T"}, ("incident",): {0: "S"}, ("wavelength",): {0: "S"},
+          ("source_weight",): {0: "S"}, ("cells",): {0: "R"}, ("cells_first",): {0: "R1"},
+          ("fgrid", "F"): {0: "H", 1: "K", 2: "L"}, ("water_table", "x"): {0: "W"},
+          ("water_table", "F"): {0: "W"}}
+_PANEL_SIZES = {0: "P"}          # every tensor of geom.panels: (P, ...)
+# example sizes for tracing: distinct and above 1, so that no size is taken for another
+# or specialised (a kernel built from them serves every size from 1 up)
+_EXAMPLE = {"n": 17, "O": 2, "T": 5, "S": 6, "R": 7, "R1": 8, "H": 9, "K": 10, "L": 11,
+            "W": 12, "P": 13}
+
+
+def _sizes_of(path, tensor) -> dict:
+    """{axis (0..ndim-1): size name} of a plan tensor."""
+    if path[:2] == ("geom", "panels"):
+        axes = dict(_PANEL_SIZES)
+        if path[-1] == "odet_offsets":
+            axes[1] = "T"
+    else:
+        axes = dict(_SIZES.get(path, {}))
+        if path == ("odet_offsets",) and tensor.dim() == 2:
+            axes = {0: "P", 1: "T"}
+    return {a % tensor.dim(): name for a, name in axes.items()}
+
+
+def _number(value, device):
+    """A plan number as the 0-d (or, for index ranges, (3,)) tensor a compiled kernel takes."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, tuple):
+        return torch.tensor(value, dtype=torch.int64, device=device)
+    dtype = torch.int64 if isinstance(value, int) and not isinstance(value, bool) else torch.float64
+    return torch.tensor(value, dtype=dtype, device=device)
+
+
+def _get(obj, path):
+    for name in path:
+        if obj is None:
+            return None
+        obj = getattr(obj, name)
+    return obj
+
+
+def _put(obj, path, value):
+    """A copy of the (nested) dataclass obj with the leaf at path replaced."""
+    if not path:
+        return value
+    inner = getattr(obj, path[0])
+    if inner is None:
+        return obj
+    return dataclasses.replace(obj, **{path[0]: _put(inner, path[1:], value)})
+
+
+def _runtime_numbers(plan):
+    """(path, value) of the plan numbers present in this plan."""
+    out = []
+    for path in _NUMBERS:
+        parent = _get(plan, path[:-1])
+        if parent is not None:
+            out.append((path, getattr(parent, path[-1])))
+    return out
+
+
+def compiled_view(plan, state):
+    """The plan and state as a compiled kernel sees them. Compiled kernels run only where the
+    C's order no longer matters (interpolation off, c-parity's first phi loop done, no
+    running products), so what only the C's order reads is dropped: one kernel serves
+    spec and c-parity runs, with or without background, alike."""
+    return (dataclasses.replace(plan, water=False, interpolate=False, cells_first=None,
+                                dmin_cut=plan.culling),
+            kernel.RunState(interpolating=True, first_loop_done=False))
+
+
 class _Exported(torch.nn.Module):
-    """render_pixels with the plan's tensors as positional inputs (what torch.export needs);
-    the run state is static (compiled kernels run where it no longer changes)."""
+    """render_pixels with the plan's tensors, numbers and sizes as positional inputs (what
+    torch.export needs); the features (flags, which tensors exist, the layout) and the run
+    state are static (compiled kernels run where the state no longer changes)."""
 
-    def __init__(self, plan, state):
+    def __init__(self, plan, state, layout):
         super().__init__()
-        self.plan = plan
-        self.state = state
+        self.plan, self.state = plan, state
+        self.layout = layout
         self.paths = [p for p, _ in _tensor_leaves(plan)]
+        self.numbers = [p for p, _ in _runtime_numbers(plan)]
 
-    def forward(self, s_idx, f_idx, *tensors):
+    def forward(self, s_idx, f_idx, subpixels, *inputs):
+        tensors, numbers = inputs[:len(self.paths)], inputs[len(self.paths):]
         plan = _rebuild(self.plan, dict(zip(self.paths, tensors)))
-        res = kernel.render_pixels(s_idx, f_idx, plan, self.state)
+        for path, value in zip(self.numbers, numbers):
+            if path[-1] in ("mins", "maxs"):
+                value = (value[0], value[1], value[2])
+            plan = _put(plan, path, value)
+        plan = dataclasses.replace(plan, oversample=subpixels.shape[0])
+        res = kernel.render_pixels(s_idx, f_idx, plan, self.state, layout=self.layout)
         return res.value, res.omega_sum
+
+
+def _inputs(s_idx, f_idx, plan) -> list:
+    """The kernel's positional inputs for these pixels and this plan."""
+    device = plan.geom.pix0.device
+    subpixels = torch.empty(plan.oversample, dtype=torch.float64, device=device)
+    return ([s_idx, f_idx, subpixels] + [t.contiguous() for _, t in _tensor_leaves(plan)]
+            + [_number(v, device) for _, v in _runtime_numbers(plan)])
+
+
+def _example_inputs(plan):
+    """Inputs of the example sizes (values do not matter to the trace), and their dynamic shapes."""
+    from torch.export import Dim
+    device = plan.geom.pix0.device
+    dims = {name: Dim(name, min=1) for name in _EXAMPLE}
+    # distinct tensors (new ones): export merges aliased inputs, and the plan shares some
+    s_idx = torch.zeros(_EXAMPLE["n"], dtype=torch.int64, device=device)
+    args = [s_idx, s_idx.clone(), torch.empty(_EXAMPLE["O"], dtype=torch.float64, device=device)]
+    shapes = [{0: dims["n"]}, {0: dims["n"]}, {0: dims["O"]}]
+    for path, t in _tensor_leaves(plan):
+        axes = _sizes_of(path, t)
+        shape = [(_EXAMPLE[axes[a]] if a in axes else n) for a, n in enumerate(t.shape)]
+        example = torch.rand(shape, dtype=torch.float64, device=device).to(t.dtype) + 0.5
+        args.append(example.contiguous())
+        shapes.append({a: dims[name] for a, name in axes.items()} or None)
+    for _, v in _runtime_numbers(plan):
+        args.append(_number(v, device).clone())
+        shapes.append(None)
+    return tuple(args), tuple(shapes[:3]) + (tuple(shapes[3:]),)   # forward(s, f, O, *inputs)
 
 
 def _source_hash() -> str:
@@ -107,44 +227,67 @@ def _source_hash() -> str:
 _SOURCE_HASH = _source_hash()
 
 
-def _key(plan, batch: int, state) -> str:
-    """Cache key: torch version, kernel sources, chunk size, the run state and everything
-    static in the plan."""
+def features(plan, state, layout) -> tuple:
+    """What a compiled kernel is specialised on: the flags, which tensors the plan holds
+    (with their fixed axes), the layout and the run state; never sizes or values."""
+    skip = set(_NUMBERS) | set(_UNREAD)
+    plan, state = compiled_view(plan, state)
+    out = []
+    for path, kind, *rest in _static_leaves(plan):
+        if path in skip:
+            continue
+        if kind == "tensor":
+            shape, dtype, device = rest
+            t = _get(plan, path)
+            axes = _sizes_of(path, t)
+            shape = tuple("*" if a in axes else n for a, n in enumerate(shape))
+            out.append((path, shape, dtype, device))
+        else:
+            out.append((path, kind))
+    return (tuple(out), plan.culling, layout, state.interpolating, state.first_loop_done)
+
+
+def cache_key(plan, state) -> str:
+    """Cache key: torch version, kernel sources and the kernel's features."""
     h = hashlib.sha256(_SOURCE_HASH.encode())
-    h.update(repr((batch, state.interpolating, state.first_loop_done, _static_leaves(plan))).encode())
+    h.update(repr(features(plan, state, plan.layout(False))).encode())
     return h.hexdigest()[:32]
 
 
-class AotKernel:
-    """A loaded ahead-of-time kernel for one static plan, run state and chunk size (CPU)."""
+def is_built(key: str) -> bool:
+    """Whether the kernel of this cache key is loaded or in the cache folder."""
+    return key in _LOADED or (CACHE_DIR / "aoti" / f"{key}.so").exists()
 
-    def __init__(self, plan, batch: int, state, key: str):
-        self.batch = batch
+
+class AotKernel:
+    """A loaded ahead-of-time kernel for one feature set and run state (CPU): any sizes."""
+
+    def __init__(self, plan, state, key: str, announce: bool = True):
+        layout = plan.layout(False)
         path = CACHE_DIR / "aoti" / f"{key}.so"
-        if not path.exists():
+        if not path.exists() and announce:
             # a build takes 15-40 s with no output of its own: say so before it starts
-            print(f"nanobrag-torch: compiling the kernel for this configuration once "
-                  f"(cached in {CACHE_DIR}): about 20 s", file=sys.stderr, flush=True)
-            _build(plan, batch, state, path)
+            print(f"nanobrag-torch: compiling the kernel for this feature set, once per machine "
+                  f"(cached in {CACHE_DIR}; `nanobrag-torch -warmup` builds the everyday ones "
+                  f"ahead): about 60 s", file=sys.stderr, flush=True)
+        if not path.exists():
+            _build(plan, state, layout, path)
         self.runner = torch._C._aoti.AOTIModelContainerRunnerCpu(str(path), 1)
 
     def __call__(self, s_idx, f_idx, plan, state) -> kernel.ChunkResult:
-        inputs = [s_idx, f_idx] + [t.contiguous() for _, t in _tensor_leaves(plan)]
-        value, omega_sum = self.runner.run(inputs)
+        value, omega_sum = self.runner.run(_inputs(s_idx, f_idx, compiled_view(plan, state)[0]))
         return kernel.ChunkResult(value, omega_sum, state)
 
 
-def _build(plan, batch: int, state, path: Path) -> None:
-    """Export render_pixels for this plan and compile it to a shared library at path."""
-    device = plan.geom.pix0.device
-    # distinct tensors (clones): export merges aliased inputs, and the plan shares some
-    s_idx = torch.zeros(batch, dtype=torch.int64, device=device)
-    f_idx = torch.zeros(batch, dtype=torch.int64, device=device)
-    args = (s_idx, f_idx) + tuple(t.detach().clone().contiguous() for _, t in _tensor_leaves(plan))
+def _build(plan, state, layout, path: Path) -> None:
+    """Export render_pixels for this feature set and compile it to a shared library at path."""
+    plan, state = compiled_view(plan, state)
+    args, shapes = _example_inputs(plan)
     with torch.no_grad(), _wrapper_compiled_alongside(), warnings.catch_warnings():
         # torch's own pickling of its tree specs warns about its own deprecation
         warnings.filterwarnings("ignore", message=".*LeafSpec.*deprecated", category=FutureWarning)
-        program = torch.export.export(_Exported(plan, state), args, strict=False)
+        program = torch.export.export(_Exported(plan, state, layout), args,
+                                      dynamic_shapes=shapes, strict=False)
         so_path = torch._inductor.aot_compile(program.module(), args, options=AOT_OPTIONS)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -203,12 +346,17 @@ def _wrapper_compiled_alongside():
 _LOADED: dict = {}
 
 
-def aot_kernel(plan, batch: int, state) -> AotKernel:
-    """The ahead-of-time kernel for this plan, state and chunk size, built on first use."""
-    key = _key(plan, batch, state)
+def aot_kernel(plan, state, announce: bool = True) -> AotKernel:
+    """The ahead-of-time kernel for this plan's features and state, built on first use."""
+    key = cache_key(plan, state)
     if key not in _LOADED:
-        _LOADED[key] = AotKernel(plan, batch, state, key)
+        _LOADED[key] = AotKernel(plan, state, key, announce)
     return _LOADED[key]
+
+
+def is_cached(plan, state=kernel.RunState()) -> bool:
+    """Whether this plan's kernel is built (in this process or the cache folder)."""
+    return is_built(cache_key(plan, state))
 
 
 _COMPILED = []

@@ -24,13 +24,17 @@ import os
 from dataclasses import dataclass
 
 import torch
+import torch.autograd.forward_ad as fwAD
 
 from . import compiled
 from .errors import ConfigError
 from .kernel import ChunkResult, KernelPlan, RunState, render_pixels
 
 EVALS_PER_CHUNK = 1 << 20
-COMPILE_MIN_EVALS = 100_000_000    # below this eager beats a cold compile (~15 s)
+# a run builds a kernel its cache lacks from this many evaluations on: a build takes about
+# 60 s on 2 cores, and eager (~8e6 evaluations/s there) loses that much to the compiled
+# kernel (~4e7 or more) from about 5e8 evaluations (smaller runs use a kernel already built)
+COMPILE_MIN_EVALS = 500_000_000
 
 
 def compile_enabled() -> bool:
@@ -93,6 +97,16 @@ class Renderer:
         self._parts = split_plan(plan, EVALS_PER_CHUNK)
         self._kernels: dict = {}
 
+    def kernels_cached(self) -> bool:
+        """Whether every compiled kernel this image would use is built already (a run
+        without gradients on the CPU: the ahead-of-time kernels of the cache folder)."""
+        if torch.is_grad_enabled() or self.pixels_s.device.type != "cpu" or forward_dual(self.plan):
+            return False
+        plan = self.plan
+        # the state the compiled chunks run in: interpolation off, c-parity's first loop done
+        state = RunState(interpolating=not plan.interpolate, first_loop_done=plan.cells_first is not None)
+        return all(compiled.is_cached(p, state) for p in (self._parts or [plan]))
+
     @property
     def total(self) -> int:
         return self.pixels_s.numel()
@@ -129,19 +143,18 @@ class Renderer:
         return ChunkResult(value, omega, state)
 
     def _call(self, plan, s_idx, f_idx, state, c_order, needs_c_order) -> ChunkResult:
-        if not (self.compile and not needs_c_order):
+        if not (self.compile and not needs_c_order) or forward_dual(plan):
             return _eager_chunk(s_idx, f_idx, plan, state, c_order)
-        # one compiled kernel per run: pad the last chunk to the common size
-        kept = s_idx.numel()
-        s_idx, f_idx = _pad(s_idx, self.batch), _pad(f_idx, self.batch)
         if torch.is_grad_enabled() or s_idx.device.type != "cpu":
+            # torch.compile (static shapes): pad the last chunk to the common size
+            kept = s_idx.numel()
+            s_idx, f_idx = _pad(s_idx, self.batch), _pad(f_idx, self.batch)
             res = compiled.compiled_render_pixels()(s_idx, f_idx, plan, state)
-        else:
-            key = id(plan)
-            if key not in self._kernels:
-                self._kernels[key] = compiled.aot_kernel(plan, self.batch, state)
-            res = self._kernels[key](s_idx, f_idx, plan, state)
-        return ChunkResult(res.value[:kept], res.omega_sum[:kept], state)
+            return ChunkResult(res.value[:kept], res.omega_sum[:kept], state)
+        key = id(plan)
+        if key not in self._kernels:
+            self._kernels[key] = compiled.aot_kernel(plan, state)
+        return self._kernels[key](s_idx, f_idx, plan, state)
 
     # ------------------------------------------------------------ pixel subsets
     def scan(self, stop_rank: int | None = None) -> StateScan:
@@ -235,6 +248,12 @@ def subset_ranks(pixels, pixels_s, pixels_f, spixels: int, fpixels: int, device)
 
 
 # ----------------------------------------------------------------- eager chunks
+def forward_dual(plan: KernelPlan) -> bool:
+    """Whether a plan tensor carries a forward-mode tangent (torch.autograd.forward_ad, under
+    no_grad too): only the eager kernel propagates it (compiled kernels take plain values)."""
+    return any(fwAD.unpack_dual(t).tangent is not None for _, t in compiled._tensor_leaves(plan))
+
+
 def _eager_chunk(s_idx, f_idx, plan: KernelPlan, state: RunState, c_order=None) -> ChunkResult:
     """render_pixels; with gradients, as a recomputing autograd Function (_Recomputed)."""
     leaves = compiled._tensor_leaves(plan)

@@ -69,6 +69,8 @@ class KernelPlan:
     water_table: object = None                    # its F(stol) (amorphous.StolTable) or None: 2.57
     subpixel_factors: bool = False    # spec: -oversample_* factors multiply their own
                                       # subpixel's terms (modes.md row 17), not the running sum
+    dmin_cut: bool | None = None      # the dmin cut is on (None: dmin > 0; a compiled kernel,
+                                      # which takes dmin as a runtime value, fixes it)
 
     def __post_init__(self):
         # components of every cell as contiguous (R,) arrays: [i, j] is component j of axis i
@@ -89,8 +91,22 @@ class KernelPlan:
 
     @property
     def culling(self) -> bool:
+        if self.dmin_cut is not None:
+            return self.dmin_cut
         d = self.dmin
         return bool((d > 0).any()) if isinstance(d, torch.Tensor) else d > 0
+
+    def layout(self, c_order: bool) -> tuple:
+        """Axes of the evaluations after the pixel's: the C's (groups g = layer x subpixel,
+        sources s, rotated cells r), or the longest innermost (the compiled loop vectorises
+        along it; the later axis on a tie) and the other two in the C's order. Three layouts,
+        so a compiled kernel (built for one) serves every size that keeps its axis longest."""
+        if c_order:
+            return ("g", "s", "r")
+        sizes = {"g": self.oversample ** 2 * self.odet_offsets.shape[-1],
+                 "s": self.incident.shape[0], "r": self.cells.shape[0]}
+        inner = max(reversed("gsr"), key=lambda a: sizes[a])
+        return tuple(a for a in "gsr" if a != inner) + (inner,)
 
     def needs_c_order(self, state: "RunState") -> bool:
         """Paths that depend on the C's evaluation order (they run eagerly)."""
@@ -362,7 +378,7 @@ class ChunkResult:
 
 def render_pixels(s_idx: torch.Tensor, f_idx: torch.Tensor, plan: KernelPlan,
                   state: RunState = RunState(), record: bool = False,
-                  c_order: bool | None = None) -> ChunkResult:
+                  c_order: bool | None = None, layout: tuple | None = None) -> ChunkResult:
     """Pixel values (n,) for pixels (s_idx, f_idx): SPEC 4.1 vectorised.
 
     The evaluations form an (n, Gs, S, R) array (Gs = T*O*O subpixels and
@@ -372,7 +388,8 @@ def render_pixels(s_idx: torch.Tensor, f_idx: torch.Tensor, plan: KernelPlan,
     record: keep the intermediates, in the C's order, in the result (for -trace_pixel).
     c_order: force the C's (n, Gs, S, R) layout on or off (None: as the state needs;
     run(pixels=) reproduces the layout a pixel had in the full image, which fixes the
-    summation order).
+    summation order); layout: the axis order without c_order (None: plan.layout, from
+    the sizes; a compiled kernel, whose sizes are symbols, is built for one layout).
     """
     geom = plan.geom
     P = pixel_position_components(geom, s_idx, f_idx, plan.oversample, plan.odet_offsets)  # (n, T, O, O)
@@ -402,8 +419,7 @@ def render_pixels(s_idx: torch.Tensor, f_idx: torch.Tensor, plan: KernelPlan,
 
     if c_order is None or record:
         c_order = record or plan.needs_c_order(state)
-    sizes = {"g": Gs, "s": S, "r": R}
-    order = ("g", "s", "r") if c_order else tuple(sorted(sizes, key=lambda a: sizes[a]))
+    order = ("g", "s", "r") if c_order else (layout or plan.layout(False))
     perm = (0,) + tuple(1 + "gsr".index(a) for a in order)
     lay = lambda x: x.permute(perm)  # noqa: E731  (n, Gs, S, R)-shaped views -> chosen layout
     # Miller indices, in float64 whatever the dtype (a float32 h of ~50 carries 4e-6 of

@@ -152,9 +152,10 @@ class Simulator:
 
     mode ("spec" | "c-parity"), dtype (torch.float64 | torch.float32 or their names)
     and device ("cpu" | "cuda" | "auto"): None takes the config's (cfg.mode, cfg.dtype,
-    cfg.device); compile: use the compiled kernels (None: when the images this Simulator
-    is made for, `images` of them, need >= 1e8 evaluations in all: a sweep or batch of
-    small images pays one compile for all of them).
+    cfg.device); compile: use the compiled kernels (None: whenever the cache holds the
+    kernel of this feature set, for runs without gradients on the CPU, and building it when
+    the images this Simulator is made for, `images` of them, need >= 5e8 evaluations in
+    all: a sweep or batch of small images pays one build for all of them).
 
     Construction validates the config and fixes the static plan: step counts,
     oversampling, mosaic domains, rendered pixels (ROI, mask), interpolation on/off.
@@ -188,8 +189,10 @@ class Simulator:
         self._scan_cache = None
         self._amorphous_cache = None       # (key, layer photons) of the last run
         self.notes = self.static.notes
-        # the fused kernel pays for its compilation on large runs only (a run of many images
-        # of one static plan is one large run: the kernel is built once for all of them)
+        # the fused kernel: built only for runs that pay for the build (a run of many images of
+        # one static plan is one large run: the kernel is built once for all of them); used
+        # by any run, of any size, whose feature set the cache already holds (renderer())
+        self._compile = compile
         self.compile = compile if compile is not None else (
             execution.compile_enabled()
             and self.evaluations * max(1, int(images)) >= execution.COMPILE_MIN_EVALS)
@@ -260,8 +263,11 @@ class Simulator:
 
     def renderer(self, setup: Setup) -> execution.Renderer:
         batch = execution.chunk_pixels(setup.plan, setup.pixels_s.numel(), self.config.pixel_batch_size)
-        return execution.Renderer(setup.plan, setup.pixels_s, setup.pixels_f, batch=batch,
-                                  compile=self.compile)
+        renderer = execution.Renderer(setup.plan, setup.pixels_s, setup.pixels_f, batch=batch,
+                                      compile=self.compile)
+        if self._compile is None and not self.compile and execution.compile_enabled():
+            renderer.compile = renderer.kernels_cached()
+        return renderer
 
     def _run_one(self, cfg: SimConfig, progress, pixels) -> Image:
         setup = self._setup_for(cfg)

@@ -40,15 +40,21 @@ COMMON = ["-noprogress", "-nonoise", "-nopgm", "-floatfile", "float.bin"]
 EVERYDAY = {
     "e1": "-cell 100 100 100 90 90 90 -default_F 100 -N 10 -lambda 1 -distance 100 -detpixels 512 -oversample 2",
     "e2": "-cell 70 80 90 75 85 95 -hkl inputs/P1.hkl -N 5 -lambda 1 -distance 100 -detpixels 256 "
-          "-mosaic 0.5 -mosaic_domains 10 -phisteps 5 -osc 0.5 -oversample 2",
+          "-mosaic 0.5 -mosaic_domains 10 -phi 1 -phisteps 5 -osc 0.5 -oversample 2",
     "e3": "-cell 70 80 90 75 85 95 -default_F 100 -N 5 -lambda 1 -distance 100 -detpixels 256 -hdivrange 0.5 "
           "-hdivsteps 5 -vdivrange 0.5 -vdivsteps 5 -dispersion 0.2 -dispsteps 3 -oversample 2",
     "e4": "-mat inputs/A.mat -hkl inputs/P1.hkl -N 5 -distance 100 -detpixels 1024 -mosaic 0.5 "
           "-mosaic_domains 5 -water 50 -oversample 2",
     "e5": "-cell 70 80 90 75 85 95 -hkl inputs/P1.hkl -N 5 -lambda 1 -distance 100 -detpixels 512 "
-          "-oversample 1 -detector_thick 300 -detector_thicksteps 4 -phisteps 3 -osc 0.3",
+          "-oversample 1 -detector_thick 300 -detector_thicksteps 4 -phi 1 -phisteps 3 -osc 0.3",
 }
-_SWEEP_BASE = "-cell 70 80 90 75 85 95 -hkl inputs/P1.hkl -lambda 1 -distance 100 -mosaic 0.5 -osc 0.5"
+# -phi 1 where there are phi steps: from -phi 0 the C reuses the previous pixel's rotated
+# cell (docs/modes.md, the phi carryover), which spec mode corrects: the images would differ
+# where spec mode differs from the C by design, the parity check runs ours once more in c-parity
+# mode (untimed): e4's water background is physical in spec mode, the C's divides it by the
+# step count (docs/modes.md row 16: here 5 domains x 4 subpixels, a factor 20)
+PARITY_MODE = {"e4": "c-parity"}
+_SWEEP_BASE = "-cell 70 80 90 75 85 95 -hkl inputs/P1.hkl -lambda 1 -distance 100 -mosaic 0.5 -phi 1 -osc 0.5"
 SWEEP = [f"{_SWEEP_BASE} -N {n} -mosaic_domains {m} -phisteps {p} -detpixels {d} -oversample {o}"
          for n, m, p, d, o in [(5, 10, 5, 256, 2), (10, 5, 3, 384, 1), (3, 20, 2, 512, 1),
                                (8, 10, 5, 320, 3), (5, 2, 10, 448, 2), (12, 8, 4, 512, 2)]]
@@ -201,6 +207,12 @@ def bench_row(name, argvs, inputs, dtypes, root, warm, import_s, opts) -> list:
         print(f"[{name} {dtype}] warmed process, first run() ...", flush=True)
         row["warmed_process"] = processes(cmds, inputs, root, f"{tag}-warm", env_for(warm), opts)
         row["api"] = api(argvs, dtype, inputs, root, f"{tag}-api", env_for(warm), opts)
+        if name in PARITY_MODE and c:
+            mode = PARITY_MODE[name]
+            print(f"[{name} {dtype}] {mode} process for the parity check ...", flush=True)
+            row["parity_mode"] = mode
+            row["parity_process"] = processes([cmd + ["-mode", mode] for cmd in cmds], inputs, root,
+                                              f"{tag}-{mode}", env_for(warm), opts)
         finish(row, import_s * len(argvs))
         rows.append(row)
     return rows
@@ -217,7 +229,13 @@ def finish(row: dict, import_s: float) -> None:
                c_evals_per_s=div(ev, cs), steady_x_c=div(cs, st))
     par, errors = [], [f"{k}: {v['error']}" for k in ("c", "fresh", "warmed_process", "api")
                        if (v := row.get(k)) and v.get("error")]
-    if c and not c.get("error"):
+    if c and not c.get("error") and row.get("parity_mode"):
+        for i, r in enumerate(row["parity_process"].get("runs", [])):
+            if not r["error"]:
+                par.append(dict(rel_err(r["image"], c["runs"][i]["image"]), of=f"{row['parity_mode']}[{i}]"))
+        errors += [f"{row['parity_mode']}: {row['parity_process']['error']}"] if row["parity_process"].get(
+            "error") else []
+    elif c and not c.get("error"):
         for kind in ("fresh", "warmed_process"):
             for i, r in enumerate((row.get(kind) or {}).get("runs", [])):
                 if not r["error"]:
@@ -263,6 +281,10 @@ def print_table(rows: list, import_s: float) -> None:
           "proc = warmed cache, whole process; -import = proc minus import (x6 for the sweep)")
     print("1st run / steady: first / second sim.run() in a fresh process, warmed cache; C/x = C s / "
           "ours s (> 1: ours faster); xC ev/s = steady evals/s / the C process's evals/s")
+    if any(row.get("parity_mode") for row in rows):
+        print("max|d|/C of " + ", ".join(f"{r['workload']}" for r in rows if r.get("parity_mode"))
+              + ": our image in -mode " + "/".join(sorted({r["parity_mode"] for r in rows if r.get("parity_mode")}))
+              + " (spec mode differs from the C there by design: PARITY_MODE in cold.py)")
     print("RSS: peak of the warmed process; max|d|/C: worst of our images vs the C image, tolerance "
           f"{TOLERANCE['float64']:g} (f64) / {TOLERANCE['float32']:g} (f32); cached: runs finding their kernels")
     loads = [r["other_load"] for row in rows for k in ("c", "fresh", "warmed_process")

@@ -187,11 +187,13 @@ class _Exported(torch.nn.Module):
         return res.value, res.omega_sum
 
 
-def _inputs(s_idx, f_idx, plan) -> list:
-    """The kernel's positional inputs for these pixels and this plan."""
+def plan_inputs(plan, state) -> list:
+    """The kernel's positional inputs after the pixels, for this plan (the same for every
+    chunk of a run: made once per run, not per chunk)."""
+    plan = compiled_view(plan, state)[0]
     device = plan.geom.pix0.device
     subpixels = torch.empty(plan.oversample, dtype=torch.float64, device=device)
-    return ([s_idx, f_idx, subpixels] + [t.contiguous() for _, t in _tensor_leaves(plan)]
+    return ([subpixels] + [t.contiguous() for _, t in _tensor_leaves(plan)]
             + [_number(v, device) for _, v in _runtime_numbers(plan)])
 
 
@@ -274,8 +276,9 @@ class AotKernel:
             _build(plan, state, layout, path)
         self.runner = torch._C._aoti.AOTIModelContainerRunnerCpu(str(path), 1)
 
-    def __call__(self, s_idx, f_idx, plan, state) -> kernel.ChunkResult:
-        value, omega_sum = self.runner.run(_inputs(s_idx, f_idx, compiled_view(plan, state)[0]))
+    def __call__(self, s_idx, f_idx, inputs: list, state) -> kernel.ChunkResult:
+        """Pixels (s_idx, f_idx) of the plan whose plan_inputs are `inputs`."""
+        value, omega_sum = self.runner.run([s_idx, f_idx] + inputs)
         return kernel.ChunkResult(value, omega_sum, state)
 
 

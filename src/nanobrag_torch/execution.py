@@ -95,12 +95,13 @@ class Renderer:
         self.batch = batch
         self.compile = compile
         self._parts = split_plan(plan, EVALS_PER_CHUNK)
-        self._kernels: dict = {}
+        self._kernels: dict = {}            # id(plan or part): (AOT kernel, its plan inputs)
+        self._dual = forward_dual(plan)     # the parts slice the plan's tensors: duals alike
 
     def kernels_cached(self) -> bool:
         """Whether every compiled kernel this image would use is built already (a run
         without gradients on the CPU: the ahead-of-time kernels of the cache folder)."""
-        if torch.is_grad_enabled() or self.pixels_s.device.type != "cpu" or forward_dual(self.plan):
+        if torch.is_grad_enabled() or self.pixels_s.device.type != "cpu" or self._dual:
             return False
         plan = self.plan
         # the state the compiled chunks run in: interpolation off, c-parity's first loop done
@@ -143,7 +144,7 @@ class Renderer:
         return ChunkResult(value, omega, state)
 
     def _call(self, plan, s_idx, f_idx, state, c_order, needs_c_order) -> ChunkResult:
-        if not (self.compile and not needs_c_order) or forward_dual(plan):
+        if not (self.compile and not needs_c_order) or self._dual:
             return _eager_chunk(s_idx, f_idx, plan, state, c_order)
         if torch.is_grad_enabled() or s_idx.device.type != "cpu":
             # torch.compile (static shapes): pad the last chunk to the common size
@@ -153,8 +154,9 @@ class Renderer:
             return ChunkResult(res.value[:kept], res.omega_sum[:kept], state)
         key = id(plan)
         if key not in self._kernels:
-            self._kernels[key] = compiled.aot_kernel(plan, state)
-        return self._kernels[key](s_idx, f_idx, plan, state)
+            self._kernels[key] = (compiled.aot_kernel(plan, state), compiled.plan_inputs(plan, state))
+        aot, inputs = self._kernels[key]
+        return aot(s_idx, f_idx, inputs, state)
 
     # ------------------------------------------------------------ pixel subsets
     def scan(self, stop_rank: int | None = None) -> StateScan:

@@ -339,8 +339,7 @@ def main(argv=None) -> int:
     stamp, info, t_start = time.strftime("%Y%m%d-%H%M%S"), machine(opts), time.time()
     print(f"{info['cpu_model']}, cores {info['cpus_used']}, torch {info['torch']}"
           + (", QUICK (64x64 detectors)" if opts.quick else ""), flush=True)
-    root = Path(tempfile.mkdtemp(prefix="nb-cold-"))
-    try:
+    with steady.scratch_root("nb-cold-", opts.keep) as root:
         if opts.warm_cache:
             warm, warm_info = opts.warm_cache.resolve(), {"source": str(opts.warm_cache.resolve())}
             if not (warm / "aoti").is_dir():
@@ -356,11 +355,6 @@ def main(argv=None) -> int:
         rows = []
         for name, argvs, inputs in all_loads:
             rows += bench_row(name, argvs, inputs, dtypes, root, warm, import_s, opts)
-    finally:
-        if opts.keep:
-            print(f"scratch folders kept in {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
     print()
     print_table(rows, import_s)
     result = {"timestamp": stamp, "elapsed_s": time.time() - t_start, "machine": info,

@@ -31,6 +31,7 @@ the evaluation counts to it and checks parity on the ROI pixels only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -104,6 +105,19 @@ def load_workloads(bench: Path, ids: Optional[List[str]], quick: bool) -> List[W
             w.evals = int(round(c["evals"] * (x1 - x0 + 1) * (y1 - y0 + 1) / (nf * ns)))
         out.append(w)
     return out
+
+
+@contextlib.contextmanager
+def scratch_root(prefix: str, keep: bool):
+    """A new temporary folder for a benchmark's runs: removed afterwards unless keep."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield root
+    finally:
+        if keep:
+            print(f"scratch folders kept in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def scratch_dir(root: Path, name: str, bench: Path) -> Path:
@@ -639,17 +653,11 @@ def main(argv=None) -> int:
     info = machine_info(opts)
     print(f"{info['cpu_model']}, cores {info['cpus_used']}, {opts.threads} threads, "
           f"torch {info['torch']}, device {opts.device}" + (", QUICK (1/16 ROI)" if opts.quick else ""))
-    root = Path(tempfile.mkdtemp(prefix="nb-bench-"))
     rows = []
     t0 = time.time()
-    try:
+    with scratch_root("nb-bench-", opts.keep) as root:
         for w in workloads:
             rows.extend(bench_workload(w, opts, root))
-    finally:
-        if opts.keep:
-            print(f"scratch directories kept in {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
     print()
     print_table(rows)
     result = {"timestamp": stamp, "elapsed_s": time.time() - t0, "machine": info,

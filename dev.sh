@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Developer entry points: ./dev.sh demo | test | setup | install
 #   setup: install, then build the compiled kernels of everyday runs (nanobrag-torch -warmup:
-#          once per machine, about 6 minutes on 2 cores; a no-op once done)
+#          once per machine, about 4 minutes on 2 cores (248 s, 2026-12-04); a no-op once done)
 #   demo:  install, then render a demo image into demo_out/ (float, SMV, noise SMV and PGM files)
 #   test:  setup, then run the test suite (includes the nanoBragg.c parity corpus in ../shared/golden)
 # install: .venv with the CPU build of PyTorch and the package (editable) with the test,

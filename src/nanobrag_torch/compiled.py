@@ -288,10 +288,10 @@ class AotKernel:
         layout = plan.layout(False)
         path = CACHE_DIR / "aoti" / f"{key}.so"
         if not path.exists() and announce:
-            # a build takes 15-40 s with no output of its own: say so before it starts
+            # a build takes 25-40 s on 2 cores (2026-12-04) with no output of its own: say so first
             print(f"nanobrag-torch: compiling the kernel for this feature set, once per machine "
                   f"(cached in {CACHE_DIR}; `nanobrag-torch -warmup` builds the everyday ones "
-                  f"ahead): about 60 s", file=sys.stderr, flush=True)
+                  f"ahead): about 30-40 s", file=sys.stderr, flush=True)
         if not path.exists():
             _build(plan, state, layout, path)
         self.runner = torch._C._aoti.AOTIModelContainerRunnerCpu(str(path), 1)

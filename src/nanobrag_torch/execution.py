@@ -31,9 +31,9 @@ from .errors import ConfigError
 from .kernel import ChunkResult, KernelPlan, RunState, render_pixels
 
 EVALS_PER_CHUNK = 1 << 20
-# a run builds a kernel its cache lacks from this many evaluations on: a build takes about
-# 60 s on 2 cores, and eager (~8e6 evaluations/s there) loses that much to the compiled
-# kernel (~4e7 or more) from about 5e8 evaluations (smaller runs use a kernel already built)
+# a run builds a kernel its cache lacks from this many evaluations on: a build takes 25-40 s
+# on 2 cores, and eager (1-3e7 evaluations/s there) loses that much to the compiled kernel
+# (0.4-2.5e8, 2026-12-04) from about 5e8 evaluations (smaller runs use a kernel already built)
 COMPILE_MIN_EVALS = 500_000_000
 
 

@@ -4,7 +4,7 @@ A compiled kernel is specialised on features (dtype, crystal shape, a structure-
 or one default F, polarisation, a thick sensor, spec mode's water background, which of
 subpixels x layers, sources or rotated cells is the longest axis of the evaluations), never
 on sizes or values (compiled.features). Each feature set is built once per machine (about
-a minute on 2 cores); afterwards every run of that feature set, of any size, uses it from
+30-40 s on 2 cores); afterwards every run of that feature set, of any size, uses it from
 the first image. This builds the feature sets of everyday runs, two at a time.
 """
 from __future__ import annotations
@@ -99,7 +99,7 @@ def run(jobs: int | None = None, stream=None) -> int:
         done = total - len(missing)
         print(f"nanobrag-torch -warmup: {total} feature sets, {done} already built "
               f"(cache {compiled.CACHE_DIR}); building {len(missing)}, {jobs} at a time, "
-              f"about a minute each", file=stream, flush=True)
+              f"about half a minute each", file=stream, flush=True)
         start = time.perf_counter()
         with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = {pool.submit(_build, flags): name for name, flags in missing}
